@@ -1,0 +1,5 @@
+"""Placeholder: the `f3ocus` command lands here."""
+
+
+def main(argv=None):
+    raise NotImplementedError

@@ -1,0 +1,5 @@
+"""Placeholder: resolve_layers lands here."""
+
+
+def resolve_layers(model, layers=None):
+    raise NotImplementedError

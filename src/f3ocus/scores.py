@@ -1,0 +1,5 @@
+"""Placeholder: LayerScores lands here."""
+
+
+class LayerScores:
+    pass
