@@ -1,0 +1,144 @@
+"""The table of scoring methods: results, costs and the registry.
+
+A scoring method is a function ``fn(problem, *, tol, maxiter, generator, chunk_size, max_memory,
+**options) -> MethodResult`` that returns $\\lambda_{\\max}(\\Theta_l)$ for every layer of an
+:class:`~f3ocus.ntk.problem.NTKProblem`. Methods are registered by name with :func:`register_method`,
+optionally with a cost model that ``method="auto"`` uses to pick the cheapest method whose memory fits.
+
+Example::
+
+    from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, register_method
+
+    @register_method("mine", cost=lambda problem: Cost(flops=1e9, memory=1e6))
+    def mine(problem, *, tol, maxiter, generator, chunk_size, max_memory, **options):
+        ...
+        return MethodResult(eigs={...}, backward_passes=..., matvecs=0, extra={})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from f3ocus._checks import close_matches
+
+if TYPE_CHECKING:
+    from f3ocus.ntk.problem import NTKProblem
+
+__all__ = [
+    # results
+    "LayerEig",
+    "MethodResult",
+    # registry
+    "Cost",
+    "MethodEntry",
+    "register_method",
+    "get_method",
+    "available_methods",
+]
+
+
+@dataclass(frozen=True)
+class LayerEig:
+    """The principal eigenpair estimate of one layer kernel $\\Theta_l$.
+
+    Attributes:
+        value: $\\lambda_{\\max}(\\Theta_l)$ (0.0 for an all-zero Jacobian).
+        residual: $\\lVert \\Theta_l v - \\lambda v \\rVert / \\max(\\lambda, \\text{tiny})$ of the
+            returned Ritz pair (0.0 for a dense eigendecomposition).
+        iterations: Iterations of an iterative solver (0 for a dense eigendecomposition).
+        converged: Whether the solver reached its tolerance.
+    """
+
+    value: float
+    residual: float = 0.0
+    iterations: int = 0
+    converged: bool = True
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """What a scoring method returns.
+
+    Attributes:
+        eigs: One :class:`LayerEig` per layer, in ``problem.layers`` order.
+        backward_passes: vjp/backward calls through the model (a vmapped call counts its batch size).
+        matvecs: Kernel-vector products $v \\mapsto \\Theta_l v$ (0 for Gram-based methods).
+        extra: Anything else worth reporting (chunk sizes, the path chosen per layer, ...).
+    """
+
+    eigs: dict[str, LayerEig]
+    backward_passes: int = 0
+    matvecs: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A method's estimated cost on one problem.
+
+    Attributes:
+        flops: Estimated work (floating-point operations; only the ordering between methods matters).
+        memory: Estimated peak extra memory in bytes (compared with ``max_memory``).
+    """
+
+    flops: float
+    memory: float
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registered method: its name, the function and the optional cost model."""
+
+    name: str
+    fn: Callable[..., MethodResult]
+    cost: Callable[[NTKProblem], Cost] | None = None
+
+    def __call__(self, problem: NTKProblem, **options: Any) -> MethodResult:
+        return self.fn(problem, **options)
+
+
+_METHODS: dict[str, MethodEntry] = {}
+
+
+def register_method(
+    name: str, *, cost: Callable[[NTKProblem], Cost] | None = None
+) -> Callable[[Callable[..., MethodResult]], Callable[..., MethodResult]]:
+    """Register a scoring method under ``name`` (a decorator; returns the function unchanged).
+
+    Args:
+        name: The name users pass as ``method=`` to :func:`f3ocus.ntk_layer_importance`.
+        cost: ``problem -> Cost``; methods without one are never chosen by ``method="auto"``.
+
+    The decorated function is called as ``fn(problem, *, tol, maxiter, generator, chunk_size,
+    max_memory, **options)`` and returns a :class:`MethodResult`. Registering a name twice replaces
+    the earlier entry (so a module can be reloaded).
+    """
+    if not isinstance(name, str) or not name or name == "auto":
+        raise ValueError(f"register_method(name={name!r}): use a non-empty string other than 'auto'.")
+
+    def decorator(fn: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
+        _METHODS[name] = MethodEntry(name=name, fn=fn, cost=cost)
+        return fn
+
+    return decorator
+
+
+def available_methods() -> list[str]:
+    """Names of the registered scoring methods (``"auto"`` is always accepted on top of these)."""
+    return list(_METHODS)
+
+
+def get_method(name: str) -> MethodEntry:
+    """The registered :class:`MethodEntry` called ``name``.
+
+    Raises:
+        ValueError: ``name`` is not registered; the message lists the registered names.
+    """
+    if name not in _METHODS:
+        near = close_matches(str(name), _METHODS)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        valid = ", ".join(repr(m) for m in ["auto", *_METHODS])
+        raise ValueError(f"method={name!r} is not a registered scoring method.{hint} Use one of: {valid}.")
+    return _METHODS[name]
