@@ -1,5 +1,28 @@
-"""Placeholder: ntk_layer_importance lands here."""
+"""Client-side scoring: layer-wise empirical NTK eigenvalues.
 
+:func:`ntk_layer_importance` is the entry point. The dense reference (:func:`dense_layer_jacobians`,
+:func:`dense_layer_kernels`, :func:`ntk_reference`) is public so that custom models, output functions
+and methods can be checked against it; :func:`register_method` adds a scoring method.
+"""
 
-def ntk_layer_importance(model, batch, **kwargs):
-    raise NotImplementedError
+from f3ocus.ntk.importance import ntk_layer_importance
+from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, available_methods, get_method, register_method
+from f3ocus.ntk.problem import NTKProblem
+from f3ocus.ntk.reference import dense_layer_jacobians, dense_layer_kernels, ntk_reference
+
+__all__ = [
+    # scoring
+    "ntk_layer_importance",
+    # reference
+    "ntk_reference",
+    "dense_layer_jacobians",
+    "dense_layer_kernels",
+    # extending
+    "NTKProblem",
+    "register_method",
+    "available_methods",
+    "get_method",
+    "Cost",
+    "LayerEig",
+    "MethodResult",
+]
