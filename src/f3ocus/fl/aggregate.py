@@ -86,7 +86,9 @@ def check_client_states(
                     f"Send only names of the global model (f3ocus.fl.layer_state produces them)."
                 )
             if not isinstance(value, torch.Tensor):
-                raise TypeError(f"client_states[{k}][{name!r}] must be a torch.Tensor, got {describe(value)}.")
+                raise TypeError(
+                    f"client_states[{k}][{name!r}] must be a torch.Tensor, got {describe(value)}."
+                )
             if tuple(value.shape) != tuple(global_state[name].shape):
                 raise ValueError(
                     f"client_states[{k}][{name!r}] has shape {tuple(value.shape)} but global_state has "

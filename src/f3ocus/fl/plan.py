@@ -20,7 +20,9 @@ from f3ocus._checks import close_matches, describe
 __all__ = ["train_only", "resolve_layer_map", "layer_parameter_names"]
 
 
-def resolve_layer_map(model: nn.Module, layer_map: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
+def resolve_layer_map(
+    model: nn.Module, layer_map: Mapping[str, Sequence[str]] | None
+) -> dict[str, list[str]]:
     """The layer map to use: ``layer_map`` checked against ``model``, or ``resolve_layers(model)``.
 
     Args:
@@ -148,4 +150,3 @@ def train_only(
     finally:
         for p, flag in saved:
             p.requires_grad_(flag)
-

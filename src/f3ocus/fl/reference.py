@@ -35,12 +35,16 @@ def masked_fedavg_reference(
     out: dict[str, np.ndarray] = {}
     for name, g in global_state.items():
         g64 = g.detach().cpu().to(torch.float64).numpy()
-        rows = np.stack(
-            [
-                s[name].detach().cpu().to(torch.float64).numpy() if name in s else np.zeros_like(g64)
-                for s in client_states
-            ]
-        ) if client_states else np.zeros((0, *g64.shape))
+        rows = (
+            np.stack(
+                [
+                    s[name].detach().cpu().to(torch.float64).numpy() if name in s else np.zeros_like(g64)
+                    for s in client_states
+                ]
+            )
+            if client_states
+            else np.zeros((0, *g64.shape))
+        )
         m = np.array([name in s for s in client_states], dtype=np.float64)
         if m.sum() == 0:
             out[name] = g64.copy()

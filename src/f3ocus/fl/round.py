@@ -131,5 +131,7 @@ def _weight(k: int, n: Any, num_samples: Sequence[float] | None) -> float:
     if isinstance(n, torch.Tensor) and n.numel() == 1:
         n = n.item()
     if isinstance(n, bool) or not isinstance(n, numbers.Real):
-        raise TypeError(f"train_fn must return the number of samples (or None), got {describe(n)} for client {k}.")
+        raise TypeError(
+            f"train_fn must return the number of samples (or None), got {describe(n)} for client {k}."
+        )
     return float(n)
