@@ -75,11 +75,24 @@ def _auto_layers(model: nn.Module) -> dict[str, list[str]]:
             else:
                 units.append(full)
 
-    if "" in blocks:
-        units.extend(c for c, _ in model.named_children())
-        units.extend(p for p, _ in model.named_parameters(recurse=False))
+    def join(prefix: str, name: str) -> str:
+        return f"{prefix}.{name}" if prefix else name
+
+    def trainable(module: nn.Module, recurse: bool = True) -> bool:
+        return any(p.requires_grad for p in module.parameters(recurse=recurse))
+
+    # unwrap single-child wrappers (PeftModel -> base_model -> model, a DDP-style .module, ...)
+    name, module = "", model
+    while name not in blocks and not trainable(module, recurse=False):
+        kids = [(n, c) for n, c in module.named_children() if trainable(c)]
+        if len(kids) != 1 or not list(kids[0][1].children()):
+            break
+        name, module = join(name, kids[0][0]), kids[0][1]
+    if name in blocks:
+        units.extend(join(name, p) for p, _ in module.named_parameters(recurse=False))
+        units.extend(join(name, c) for c, _ in module.named_children())
     else:
-        split("", model)
+        split(name, module)
     modules = dict(model.named_modules())
     params = dict(model.named_parameters(remove_duplicate=False))
     taken: set[int] = set()
