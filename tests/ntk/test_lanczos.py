@@ -62,7 +62,7 @@ def test_batch_members_are_independent(sizes, seed):
     g = torch.Generator().manual_seed(seed)
     mats = [_with_spectrum([s, s / 2, s / 3, 0.0, s / 7, 1e-3], g) for s in sizes]
     batch = _solve(mats, seed=seed, tol=1e-12)
-    for a, res, s in zip(mats, batch, sizes, strict=True):
+    for res, s in zip(batch, sizes, strict=True):
         assert res.value == pytest.approx(s, rel=1e-10)
 
 

@@ -127,7 +127,9 @@ def lanczos_max_eig(
         basis[:, j] = q
         w = matvec(q)
         if w.shape != q.shape:
-            raise ValueError(f"matvec must return shape {tuple(q.shape)} for input of that shape, got {tuple(w.shape)}.")
+            raise ValueError(
+                f"matvec must return shape {tuple(q.shape)} for input of that shape, got {tuple(w.shape)}."
+            )
         # Full reorthogonalization, classical Gram-Schmidt twice; the first pass yields alpha_j.
         coeff = torch.einsum("bkn,bn->bk", basis[:, : j + 1], w)
         w = w - torch.einsum("bkn,bk->bn", basis[:, : j + 1], coeff)
