@@ -1,0 +1,133 @@
+"""Brute-force references for tiny selection problems (public, for checking solvers).
+
+Every feasible plan is enumerated, so these are exact by construction and exponential in ``K``: use them
+on instances with at most :data:`MAX_PLANS` plans. The exact solver (:mod:`f3ocus.selection.exact`) is
+tested against them.
+
+Example:
+    >>> import numpy as np
+    >>> from f3ocus.selection.problem import SelectionProblem
+    >>> p = SelectionProblem(np.array([[0.6, 0.4], [0.7, 0.3]]), np.array([1, 1]))
+    >>> count_plans(p)
+    4
+    >>> brute_force_optimum(p, 1.0).astype(int).tolist()
+    [[1, 0], [0, 1]]
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from f3ocus.selection.problem import SelectionProblem
+
+__all__ = [
+    "MAX_PLANS",
+    "brute_force_front",
+    "brute_force_optimum",
+    "count_plans",
+    "enumerate_plans",
+    "pareto_mask",
+    "supported_mask",
+]
+
+#: Largest number of plans :func:`enumerate_plans` agrees to build.
+MAX_PLANS = 200_000
+
+
+def _row_options(L: int, b: int, exact: bool) -> np.ndarray:  # noqa: N803
+    sizes = [b] if exact else range(b + 1)
+    rows = [np.isin(np.arange(L), c) for s in sizes for c in itertools.combinations(range(L), s)]
+    return np.array(rows, dtype=bool).reshape(-1, L)
+
+
+def count_plans(problem: SelectionProblem) -> int:
+    """Number of feasible plans: $\\prod_k \\binom{L}{b_k}$, or $\\prod_k \\sum_{j \\le b_k} \\binom{L}{j}$."""
+    total = 1
+    for b in problem.budgets.tolist():
+        total *= math.comb(problem.L, b) if problem.exact_budget else sum(math.comb(problem.L, j) for j in range(b + 1))
+    return total
+
+
+def enumerate_plans(problem: SelectionProblem) -> np.ndarray:
+    """All feasible plans, ``(P, K, L)`` bool, in lexicographic order of the rows' options.
+
+    Raises:
+        ValueError: more than :data:`MAX_PLANS` plans.
+    """
+    n = count_plans(problem)
+    if n > MAX_PLANS:
+        raise ValueError(
+            f"problem has {n} feasible plans, more than MAX_PLANS={MAX_PLANS}; brute force is for tiny instances."
+        )
+    options = [_row_options(problem.L, int(b), problem.exact_budget) for b in problem.budgets]
+    grids = np.meshgrid(*[np.arange(len(o)) for o in options], indexing="ij")
+    idx = [g.ravel() for g in grids]
+    return np.stack([options[k][idx[k]] for k in range(problem.K)], axis=1)
+
+
+def brute_force_optimum(problem: SelectionProblem, tradeoff: float) -> np.ndarray:
+    """The first enumerated plan that maximizes importance - tradeoff * diversity."""
+    plans = enumerate_plans(problem)
+    return plans[int(np.argmax(problem.scalarized(plans, tradeoff)))]
+
+
+def pareto_mask(F: np.ndarray) -> np.ndarray:  # noqa: N803 - pymoo's name
+    """Rows of ``F`` (objectives to minimize, ``(P, M)``) not dominated by another row.
+
+    Duplicated rows are all kept.
+    """
+    F = np.asarray(F, dtype=np.float64)  # noqa: N806
+    leq = np.all(F[:, None, :] <= F[None, :, :], axis=-1)
+    lt = np.any(F[:, None, :] < F[None, :, :], axis=-1)
+    dominated = np.any(leq & lt, axis=0)
+    return ~dominated
+
+
+def supported_mask(importance: np.ndarray, diversity: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """Points that are extreme points of the supported front (vertices of the upper-left hull).
+
+    A point is kept when it uniquely (up to duplicates) maximizes ``importance - t * diversity`` for some
+    ``t >= 0``: the vertices of the concave majorant of the (diversity, importance) cloud, from the
+    least-diversity plan with the most importance to the most-importance plan with the least diversity.
+    """
+    imp = np.asarray(importance, dtype=np.float64)
+    div = np.round(np.asarray(diversity, dtype=np.float64), 12)  # equal counts, equal diversity
+    scale = max(1.0, float(np.abs(imp).max()))
+    # walk from the best least-diversity point up the upper hull (Andrew's monotone chain)
+    order = np.lexsort((-imp, div))
+    hull: list[int] = []
+    for i in order:
+        if hull and abs(div[i] - div[hull[-1]]) <= tol:  # same diversity: only the best importance counts
+            continue
+        if hull and imp[i] <= imp[hull[-1]] + tol * scale:  # not better than a less diverse point
+            continue
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            cross = (div[b] - div[a]) * (imp[i] - imp[a]) - (imp[b] - imp[a]) * (div[i] - div[a])
+            if cross >= -tol * scale:  # b lies on or below the chord a-i
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    keep = np.zeros(imp.shape, dtype=bool)
+    for i in hull:
+        keep |= (np.abs(imp - imp[i]) <= tol * scale) & (np.abs(div - div[i]) <= tol)
+    return keep
+
+
+def brute_force_front(problem: SelectionProblem) -> tuple[np.ndarray, np.ndarray]:
+    """Objective vectors ``(importance, diversity)`` of the whole Pareto front and of its supported
+    extreme points, each ``(P, 2)``, unique and sorted by importance descending."""
+    plans = enumerate_plans(problem)
+    imp, div = problem.importance(plans), problem.diversity(plans)
+    pareto = pareto_mask(np.column_stack([-imp, div]))
+    supported = supported_mask(imp, div)
+
+    def table(mask: np.ndarray) -> np.ndarray:
+        pts = np.unique(np.round(np.column_stack([imp[mask], div[mask]]), 12), axis=0)
+        return pts[np.argsort(-pts[:, 0])]
+
+    return table(pareto), table(supported)
