@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import Shared, TinyViT, build
 from torch import nn
 
+from cases import Shared, TinyViT, build
 from f3ocus import resolve_layers
 from f3ocus.layers import find_block_lists, layer_num_params
 

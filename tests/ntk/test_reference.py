@@ -12,8 +12,8 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 import torch
-from cases import CASE_NAMES, build
 
+from cases import CASE_NAMES, build
 from f3ocus import ntk_layer_importance, resolve_layers
 from f3ocus.ntk import dense_layer_jacobians, dense_layer_kernels, ntk_reference
 from f3ocus.ntk.importance import scoring_problem

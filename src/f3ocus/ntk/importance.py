@@ -64,8 +64,14 @@ def default_output_fn(output: Any) -> Tensor:
         return output["logits"]
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
         return output[0]
+    if isinstance(output, Mapping):
+        what = f"a {type(output).__name__} with keys {list(output)[:8]}"
+    elif isinstance(output, (tuple, list)):
+        what = f"a {type(output).__name__} of {[type(x).__name__ for x in output[:8]]}"
+    else:
+        what = describe(output)
     raise TypeError(
-        f"the model returned {describe(output)}, which is not a tensor and has no tensor 'logits' "
+        f"the model returned {what}, which is not a tensor and has no tensor 'logits' "
         "(attribute or key) or first element. Pass output_fn=... that maps the model's output to the "
         "(N, ...) tensor to score, e.g. output_fn=lambda out: out['scores']."
     )
