@@ -128,3 +128,24 @@ def test_add_lora_without_blocks_asks_for_targets():
     pytest.importorskip("peft")
     with pytest.raises(ValueError, match="pass target_modules="):
         add_lora(torch.nn.Linear(2, 2))
+
+
+def test_adapter_layers_agree_with_resolve_layers_on_lora_models():
+    pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    from f3ocus import resolve_layers
+
+    config = transformers.BertConfig(
+        vocab_size=30,
+        hidden_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+    )
+    models = [
+        add_lora(BlockNet(), r=2),
+        add_lora(transformers.BertForSequenceClassification(config), r=2, modules_to_save=["classifier"]),
+    ]
+    for model in models:
+        assert adapter_layers(model) == resolve_layers(model)

@@ -123,7 +123,7 @@ def masked_fedavg(
         TypeError: see :func:`check_client_states`.
         ValueError: see :func:`check_client_states`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> g = {"a": torch.zeros(1), "b": torch.zeros(1)}
         >>> out = masked_fedavg(g, [{"a": torch.ones(1)}, {"a": torch.full((1,), 4.0)}], [3, 1])

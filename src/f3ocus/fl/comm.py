@@ -151,7 +151,7 @@ def communication_cost(
         TypeError: ``layers_per_client`` is not a list of lists, or ``bytes_per_param`` is not an int.
         ValueError: a layer is unknown, ``bytes_per_param < 1``, or ``download`` is not a valid choice.
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
         >>> lmap = {"0": ["0.weight", "0.bias"], "1": ["1.weight", "1.bias"]}

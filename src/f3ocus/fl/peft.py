@@ -78,7 +78,7 @@ def adapter_layers(model: nn.Module, *, blocks: Sequence[str] | None = None) -> 
     Raises:
         ValueError: the model has no trainable parameters, or one lies outside ``blocks``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = torch.nn.Module()
         >>> net.blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(2)])

@@ -124,7 +124,7 @@ def train_only(
         ValueError: a layer is unknown, or a parameter name is not in the model.
         TypeError: ``layers`` is a single string.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from f3ocus.fl import train_only
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))

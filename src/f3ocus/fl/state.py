@@ -40,7 +40,7 @@ def layer_state(
     Raises:
         ValueError: a layer is unknown.
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = torch.nn.Linear(2, 1)
         >>> sorted(layer_state(model, ["lin"], layer_map={"lin": ["weight"]}))
