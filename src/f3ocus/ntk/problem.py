@@ -149,6 +149,10 @@ class NTKProblem:
         Shared leaves are replaced by ``()`` (an empty pytree node, which ``vmap`` skips), so every
         leaf is a tensor and the result can be passed to ``torch.func.vmap`` with ``in_dims=0``;
         :meth:`sample_outputs` puts the shared leaves back.
+
+        Some models cannot be vmapped over samples: Hugging Face masking utilities branch on the
+        values of the attention mask (``mask.all()``), which ``vmap`` refuses. Index the leaves with
+        ``tree_map(lambda x: x[i], ...)`` and call :meth:`sample_outputs` in a loop instead.
         """
         n = self.num_samples
 
