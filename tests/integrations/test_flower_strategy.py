@@ -19,7 +19,7 @@ pytestmark = pytest.mark.flower
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
-from flwr.serverapp.strategy import FedAvg  # noqa: E402
+from flwr.serverapp.strategy import FedAvg, FedProx  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from f3ocus import ntk_layer_importance, resolve_layers, select_layers  # noqa: E402
@@ -235,6 +235,22 @@ def test_skip_fallback_sends_no_train_message(identity):
     assert strategy.aggregate_train(1, []) == (None, None)
 
 
+def test_wraps_other_strategies_and_keeps_their_config(identity):
+    model, arrays = initial_arrays()
+    lmap = resolve_layers(model)
+    inner = FedProx(proximal_mu=0.25, fraction_evaluate=0.0, min_available_nodes=3)
+    strategy = F3ocusStrategy(inner, lmap, budget=lambda node: 1 + (node == 11), solver="exact", tradeoff=0.0)
+    grid = InProcessGrid(make_client_app(), NODES)
+    strategy.start(grid=grid, initial_arrays=arrays, num_rounds=1)
+    train = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert len(train) == 3
+    for m in train:
+        assert m.content["config"]["proximal-mu"] == 0.25
+        assert m.content["config"][LAYERS_KEY] == strategy.plans[1][m.metadata.dst_node_id]
+    # node 11: budget 2 from the callable; node 33 reports budget 1; node 22: 1
+    assert {n: len(layers) for n, layers in strategy.plans[1].items()} == {11: 2, 22: 1, 33: 1}
+
+
 def test_pack_unpack_and_assigned_layers():
     record = pack_scores({"blocks.0": 2.5, "head": 0.5}, budget=3)
     assert unpack_scores(record) == ({"blocks.0": 2.5, "head": 0.5}, 3)
@@ -246,7 +262,7 @@ def test_pack_unpack_and_assigned_layers():
     ("call", "error", "match"),
     [
         (lambda: pack_scores([1.0]), TypeError, "scores must be a mapping"),
-        (lambda: pack_scores({"a": 1.0}, budget=-1), ValueError, r"budget must lie in \[0, inf\]"),
+        (lambda: pack_scores({"a": 1.0}, budget=0), ValueError, r"budget must lie in \[1, inf\]"),
         (lambda: assigned_layers(3), TypeError, "message must be a flwr Message or a ConfigRecord"),
         (
             lambda: F3ocusStrategy(object(), {"a": ["a.w"]}),

@@ -82,7 +82,7 @@ def pack_scores(scores: Mapping[str, float], *, budget: int | None = None) -> Me
         raise TypeError(f"scores must be a mapping layer name -> float, got {describe(scores)}.")
     record = MetricRecord({f"{SCORE_PREFIX}{name}": float(value) for name, value in scores.items()})
     if budget is not None:
-        record[BUDGET_KEY] = check_int("budget", budget, low=0)
+        record[BUDGET_KEY] = check_int("budget", budget, low=1)
     return record
 
 
@@ -173,7 +173,7 @@ class F3ocusStrategy(Strategy):
         layer_map: Layer name -> array keys (parameter names of the global ``ArrayRecord``), e.g.
             :func:`f3ocus.resolve_layers` or :func:`f3ocus.fl.adapter_layers` of the server's model.
         budget: Layers per client: an int, or ``budget(node_id) -> int``. A budget the client sends
-            with its scores takes precedence. Budgets are clipped to ``[0, L]``.
+            with its scores takes precedence. Budgets are clipped to ``[1, L]``.
         solver: :func:`f3ocus.select_layers` solver name.
         tradeoff: Passed to :func:`f3ocus.select_layers`.
         normalize: Passed to :func:`f3ocus.select_layers`.
@@ -217,7 +217,7 @@ class F3ocusStrategy(Strategy):
                 f"f3ocus.resolve_layers(model); got {describe(layer_map)}."
             )
         if not callable(budget):
-            check_int("budget", budget, low=0)
+            check_int("budget", budget, low=1)
         self.strategy = strategy
         self.layer_map = {str(k): list(v) for k, v in layer_map.items()}
         self.budget = budget
@@ -264,7 +264,7 @@ class F3ocusStrategy(Strategy):
             if reported is not None
             else (self.budget(node) if callable(self.budget) else self.budget)
         )
-        return max(0, min(int(b), len(self.layer_map)))
+        return max(1, min(int(b), len(self.layer_map)))
 
     def _query_scores(
         self, server_round: int, arrays: ArrayRecord, nodes: list[int], grid: Grid
