@@ -17,7 +17,8 @@ model, plus one per-sample weight-gradient contraction per call, $O(NM \cdot S \
 *torch.func fallback*, for every other parameter (a raw ``nn.Parameter`` used in ``forward``,
 ``nn.MultiheadAttention.in_proj_weight``, custom modules): ``vmap`` over samples of ``jacrev`` of
 :meth:`~f3ocus.ntk.problem.NTKProblem.sample_outputs` with respect to those parameters only. It is
-exact for any model but costs another $M$ backward passes.
+exact for any model but costs another $M$ backward passes (or $NM$, for models that cannot be
+``vmap``-ed over samples).
 
 Both are tested against the dense reference :func:`f3ocus.ntk.reference.dense_layer_jacobians` in
 float64, and against each other (``use_hooks=False`` sends every parameter to the fallback).
@@ -54,13 +55,16 @@ class JacobianPlan:
     modules: list[tuple[nn.Module, GradSampler]] = field(default_factory=list)
 
 
-def jacobian_plan(problem: NTKProblem, *, use_hooks: bool = True) -> JacobianPlan:
+def jacobian_plan(
+    problem: NTKProblem, *, use_hooks: bool = True, exclude: frozenset[int] = frozenset()
+) -> JacobianPlan:
     """Split the scored parameters between grad samplers and the fallback.
 
     A parameter is hooked when every module that owns it (directly, as in ``module._parameters``) has
     a registered sampler that supports its configuration; otherwise it goes to the fallback.
-    Parameters used outside their owners' ``forward`` (e.g. ``F.linear(x, self.fc.weight)`` in a parent
-    module) are not detectable by hooks: mark such modules by using the fallback (``use_hooks=False``).
+    Modules whose ``id`` is in ``exclude`` count as having no sampler. Parameters used outside their
+    owners' ``forward`` (e.g. ``F.linear(x, self.fc.weight)`` in a parent module) are not detectable by
+    hooks: use the fallback for such models (``use_hooks=False``).
     """
     scored = [name for names in problem.layers.values() for name in names]
     if not use_hooks:
@@ -76,7 +80,7 @@ def jacobian_plan(problem: NTKProblem, *, use_hooks: bool = True) -> JacobianPla
     modules: dict[int, tuple[nn.Module, GradSampler]] = {}
     for name in scored:
         own = owners.get(id(by_id[name]), [])
-        samplers = [get_grad_sampler(m) for m, _ in own]
+        samplers = [None if id(m) in exclude else get_grad_sampler(m) for m, _ in own]
         if own and all(s is not None for s in samplers):
             hooked[name] = own
             for (m, _), s in zip(own, samplers, strict=True):
@@ -112,7 +116,17 @@ def per_sample_jacobians(
     n, m = problem.num_samples, problem.num_outputs
     rows: dict[str, Tensor] = {}
     if plan.hooked:
-        rows.update(_hooked_rows(problem, plan, params, chunk_size=chunk_size, batched=batched))
+        hooked = _hooked_rows(problem, plan, params, chunk_size=chunk_size, batched=batched)
+        if isinstance(
+            hooked, frozenset
+        ):  # some modules do not see the batch first: send them to the fallback
+            plan = jacobian_plan(problem, use_hooks=use_hooks, exclude=hooked)
+            hooked = (
+                _hooked_rows(problem, plan, params, chunk_size=chunk_size, batched=batched)
+                if plan.hooked
+                else {}
+            )
+        rows.update(hooked)
     if plan.fallback:
         rows.update(_fallback_rows(problem, plan.fallback, params, chunk_size=chunk_size))
     return {
@@ -136,13 +150,30 @@ def _hooked_rows(
     *,
     chunk_size: int | None,
     batched: bool,
-) -> dict[str, Tensor]:
-    """Rows ``(N, M, *shape)`` of the hooked parameters: one forward, batched backprop-only passes."""
+) -> dict[str, Tensor] | frozenset[int]:
+    """Rows ``(N, M, *shape)`` of the hooked parameters: one forward, batched backprop-only passes.
+
+    Returns the ids of the hooked modules whose inputs or output do not carry the batch first (for
+    example a sequence-first transformer), instead, so that the caller can re-plan without them.
+    """
     n, m = problem.num_samples, problem.num_outputs
     calls: list[tuple[nn.Module, GradSampler, tuple, Tensor, dict]] = []
     samplers = {id(mod): s for mod, s in plan.modules}
 
+    unbatched: set[int] = set()
+
     def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        if not (
+            isinstance(output, Tensor)
+            and output.dim() > 0
+            and output.shape[0] == n
+            and inputs
+            and isinstance(inputs[0], Tensor)
+            and inputs[0].dim() > 0
+            and inputs[0].shape[0] == n
+        ):
+            unbatched.add(id(module))
+            return
         # Snapshot the tensors the module holds during this call (functional_call swaps them).
         state = {**module._parameters, **module._buffers}
         saved = tuple(i.detach() if isinstance(i, Tensor) else i for i in inputs)
@@ -156,6 +187,8 @@ def _hooked_rows(
     finally:
         for h in handles:
             h.remove()
+    if unbatched:
+        return frozenset(unbatched)
     local_to_name = {(id(mod), local): name for name, own in plan.hooked.items() for mod, local in own}
     result = {name: params[name].new_zeros(n, m, *params[name].shape) for name in plan.hooked}
     targets = [c[3] for c in calls]
@@ -194,11 +227,14 @@ def _swapped(module: nn.Module, state: dict[str, Tensor | None]) -> Iterator[Non
 def _backprops(out: Tensor, targets: list[Tensor], cot: Tensor, *, batched: bool) -> list[Tensor | None]:
     """``d <cot_k, out> / d target`` for every target, stacked over the ``K`` cotangents."""
     if batched and cot.shape[0] > 1:
-        return list(
-            torch.autograd.grad(
-                out, targets, cot, retain_graph=True, allow_unused=True, is_grads_batched=True
+        try:
+            return list(
+                torch.autograd.grad(
+                    out, targets, cot, retain_graph=True, allow_unused=True, is_grads_batched=True
+                )
             )
-        )
+        except RuntimeError:  # a backward formula without a vmap rule: one plain pass per output
+            pass
     per = [torch.autograd.grad(out, targets, c, retain_graph=True, allow_unused=True) for c in cot]
     return [None if per[0][i] is None else torch.stack([p[i] for p in per]) for i in range(len(targets))]
 
@@ -217,4 +253,11 @@ def _fallback_rows(
 
         return jacrev(f, chunk_size=chunk_size)(free)
 
-    return vmap(one_sample)(args, kwargs, targets)
+    try:
+        return vmap(one_sample)(args, kwargs, targets)
+    except RuntimeError:
+        # The model does not vmap over samples (data-dependent control flow): differentiate the whole
+        # batch instead, N*M reverse passes for these parameters (as the dense reference does).
+        n, m = problem.num_samples, problem.num_outputs
+        jac = jacrev(lambda p: problem.outputs({**fixed, **p}), chunk_size=chunk_size)(free)
+        return {k: v.reshape(n, m, *free[k].shape) for k, v in jac.items()}
