@@ -149,6 +149,20 @@ class Shared(nn.Module):
         return self.head(h)
 
 
+class TiedLM(nn.Module):
+    """Tied embedding and output weights (``head.weight is embed.weight``), as in language models."""
+
+    def __init__(self, vocab: int = 7, dim: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.mix = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, vocab)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens):
+        return self.head(torch.tanh(self.mix(self.embed(tokens).mean(dim=1))))
+
+
 class TwoInputs(nn.Module):
     """Two positional inputs (batch given as a tuple), output as a dict with 'logits'."""
 
@@ -241,6 +255,11 @@ def weight_sharing(dtype, device) -> Case:
     return Case(model, _randn(4, 4, dtype=dtype, device=device, seed=6))
 
 
+def tied_weights(dtype, device) -> Case:
+    model = _model(TiedLM, dtype, device)
+    return Case(model, torch.tensor([[1, 2], [3, 4], [6, 0]], device=device))
+
+
 def frozen_inside_layer(dtype, device) -> Case:
     model = _model(lambda: nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)), dtype, device)
     model[0].bias.requires_grad_(False)
@@ -296,6 +315,7 @@ CASES: dict[str, Callable[[torch.dtype, Any], Case]] = {
     "torch_transformer": torch_transformer,
     "embedding": embedding,
     "weight_sharing": weight_sharing,
+    "tied_weights": tied_weights,
     "frozen_inside_layer": frozen_inside_layer,
     "dict_output_two_inputs": dict_output,
     "hf_bert": hf_bert,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from cases import Shared, TinyViT, build
@@ -226,3 +228,47 @@ def test_bad_layers_argument(layers, error, match):
 def test_model_must_be_a_module():
     with pytest.raises(TypeError, match=r"model must be a torch.nn.Module"):
         resolve_layers("bert")
+
+
+class _Unit(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.norm = nn.LayerNorm(2)
+
+
+@given(
+    depth=st.integers(0, 4),
+    frozen=st.lists(st.booleans(), min_size=6, max_size=6),
+    wrap=st.integers(0, 2),
+)
+@settings(max_examples=40)
+def test_auto_layers_partition_and_block_detection(depth, frozen, wrap):
+    """Auto layers partition the trainable parameters; blocks of a list of >= 2 are separate layers."""
+    core = nn.Module()
+    core.stem = nn.Linear(2, 2)
+    core.blocks = nn.ModuleList([_Unit() for _ in range(depth)])
+    core.head = nn.Linear(2, 2)
+    units = [core.stem, *core.blocks, core.head]
+    for unit, freeze in zip(units, frozen, strict=False):
+        unit.requires_grad_(not freeze)
+    model, prefix = core, ""
+    for _ in range(wrap):  # single-child wrappers are looked through
+        outer = nn.Module()
+        outer.inner = model
+        model, prefix = outer, "inner." + prefix
+    if not any(p.requires_grad for p in model.parameters()):
+        with pytest.raises(ValueError, match="no parameter with requires_grad=True"):
+            resolve_layers(model)
+        return
+    layers = resolve_layers(model)
+    _check_partition(model, layers)
+    names = ["stem"] + ([f"blocks.{i}" for i in range(depth)] if depth >= 2 else ["blocks"] * depth) + ["head"]
+    expected = []
+    for name, unit in zip(names, units, strict=True):
+        if any(p.requires_grad for p in unit.parameters()) and prefix + name not in expected:
+            expected.append(prefix + name)
+    if len(expected) == 1 and depth < 2:  # a single trainable module is itself unwrapped into its parts
+        assert all(k.startswith(expected[0]) for k in layers)
+    else:
+        assert list(layers) == expected
