@@ -1,0 +1,142 @@
+"""The fast methods against the dense reference on every case of the shared table, for every kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cases import CASE_NAMES, build
+from f3ocus import ntk_layer_importance
+from f3ocus.ntk.fast import jacobian_eigs, lanczos_cost, persample_cost
+from f3ocus.ntk.importance import scoring_problem
+from f3ocus.ntk.methods import available_methods, get_method
+
+F64 = torch.float64
+KERNELS = ("output", "sum", "loss")
+# Matrix-free Lanczos costs ~3 backward passes per layer per step: keep it to the quick cases per kernel
+# (every case is covered for "output").
+SLOW_FOR_MATFREE = {"torch_transformer", "hf_bert", "cnn_groupnorm_batchnorm"}
+
+
+def _weighted_square_loss(out, t):
+    """A per-sample loss for any output: t_n * ||out_n||^2 / 2."""
+    return 0.5 * t * out.reshape(out.shape[0], -1).pow(2).sum(dim=1)
+
+
+def _kwargs(case, kernel: str) -> dict:
+    """The case's own arguments, with the kernel switched (keeping a case that fixes its own kernel)."""
+    kw = dict(case.kwargs)
+    if kw.get("kernel", "output") != "output":
+        return kw if kw["kernel"] == kernel else None
+    if kernel == "loss":
+        with scoring_problem(case.model, case.batch, **kw) as problem:
+            n = problem.num_samples
+        kw.update(
+            kernel="loss", loss_fn=_weighted_square_loss, targets=torch.linspace(0.5, 1.5, n, dtype=F64)
+        )
+    else:
+        kw["kernel"] = kernel
+    return kw
+
+
+_reference_cache: dict = {}
+
+
+def _reference(name: str, kernel: str):
+    key = (name, kernel)
+    if key not in _reference_cache:
+        case = build(name, F64, "cpu")
+        kw = _kwargs(case, kernel)
+        _reference_cache[key] = (
+            None if kw is None else ntk_layer_importance(case.model, case.batch, method="dense", **kw)
+        )
+    return _reference_cache[key]
+
+
+def _assert_close(got, ref, rel=1e-6):
+    assert list(got) == list(ref)
+    scale = max(max(ref.values()), 1e-30)
+    for layer in ref:
+        assert got[layer] == pytest.approx(ref[layer], rel=rel, abs=rel * 1e-6 * scale), layer
+
+
+METHODS = [
+    ("persample", {}),
+    ("persample", {"eig": "lanczos"}),
+    ("persample", {"use_hooks": False}),
+    ("lanczos", {}),
+]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("method,options", METHODS, ids=["persample", "persample-lanczos", "func", "matfree"])
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_fast_methods_match_dense_reference(name, method, options, kernel):
+    if method == "lanczos" and kernel != "output" and name in SLOW_FOR_MATFREE:
+        pytest.skip("matrix-free Lanczos is covered on this case by kernel='output'")
+    ref = _reference(name, kernel)
+    if ref is None:
+        pytest.skip(f"case {name!r} fixes its own kernel")
+    case = build(name, F64, "cpu")
+    got = ntk_layer_importance(
+        case.model, case.batch, method=method, seed=0, **_kwargs(case, kernel), **options
+    )
+    _assert_close(got, ref)
+    assert got.stats["method"] == method and got.stats["converged"]
+
+
+def test_fast_methods_are_registered_with_cost_models():
+    assert {"persample", "lanczos"} <= set(available_methods())
+    assert get_method("persample").cost is persample_cost
+    assert get_method("lanczos").cost is lanczos_cost
+
+
+def test_auto_picks_persample_when_it_fits_and_lanczos_when_memory_is_tight():
+    case = build("vit_sdpa", F64, "cpu")
+    with scoring_problem(case.model, case.batch) as problem:
+        per, mat = persample_cost(problem), lanczos_cost(problem)
+    assert per.flops < mat.flops
+    roomy = ntk_layer_importance(case.model, case.batch, seed=0)
+    assert roomy.stats["method"] == "persample"
+    tight = int((per.memory + mat.memory) / 2) if mat.memory < per.memory else None
+    if tight is not None:
+        small = ntk_layer_importance(case.model, case.batch, seed=0, max_memory=tight)
+        assert small.stats["method"] == "lanczos"
+        _assert_close(small, roomy)
+
+
+def test_persample_splits_layers_into_groups_under_a_memory_budget():
+    case = build("vit_sdpa", F64, "cpu")
+    whole = ntk_layer_importance(case.model, case.batch, method="persample")
+    with scoring_problem(case.model, case.batch) as problem:
+        largest = max(problem.layer_sizes().values()) * problem.num_samples * problem.num_outputs * 8
+    split = ntk_layer_importance(case.model, case.batch, method="persample", max_memory=2 * largest)
+    assert split.stats["extra"]["groups"] > 1 and whole.stats["extra"]["groups"] == 1
+    _assert_close(split, whole, rel=1e-12)
+
+
+def test_jacobian_eigs_gram_and_lanczos_agree_and_handle_zero_layers():
+    g = torch.Generator().manual_seed(0)
+    jac = {
+        "a": torch.randn(12, 30, generator=g, dtype=F64),
+        "b": torch.zeros(12, 5, dtype=F64),
+        "c": torch.randn(12, 1, generator=g, dtype=F64),
+    }
+    gram, path_g = jacobian_eigs(jac, eig="gram")
+    krylov, path_k = jacobian_eigs(jac, eig="lanczos", tol=1e-12, generator=g)
+    assert path_g == {"a": "gram", "b": "zero", "c": "gram"}
+    assert path_k == {"a": "lanczos", "b": "zero", "c": "lanczos"}
+    for k in jac:
+        expected = torch.linalg.svdvals(jac[k])[0].item() ** 2
+        assert gram[k].value == pytest.approx(expected, rel=1e-10, abs=1e-300)
+        assert krylov[k].value == pytest.approx(expected, rel=1e-10, abs=1e-300)
+    with pytest.raises(ValueError, match="eig='svd' is not a valid choice"):
+        jacobian_eigs(jac, eig="svd")
+
+
+def test_method_option_errors_name_the_option():
+    case = build("mlp", F64, "cpu")
+    with pytest.raises(ValueError, match="eig='dense' is not a valid choice"):
+        ntk_layer_importance(case.model, case.batch, method="persample", eig="dense")
+    with pytest.raises(ValueError, match="mode='fwd' is not a valid choice"):
+        ntk_layer_importance(case.model, case.batch, method="lanczos", mode="fwd")
