@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tree_map
 
+import f3ocus.ntk.fast  # noqa: F401  (registers "persample" and "lanczos")
 import f3ocus.ntk.reference  # noqa: F401  (registers "dense")
 from f3ocus._checks import check_choice, check_int, check_positive_float, describe
 from f3ocus.errors import NotConvergedError
@@ -34,12 +35,6 @@ from f3ocus.layers import resolve_layers
 from f3ocus.ntk.methods import Cost, MethodEntry, available_methods, get_method
 from f3ocus.ntk.problem import KERNELS, NTKProblem
 from f3ocus.scores import LayerScores
-
-try:  # the fast methods ("persample", "lanczos") register themselves on import
-    import f3ocus.ntk.fast  # noqa: F401
-except ModuleNotFoundError as _err:  # pragma: no cover
-    if _err.name != "f3ocus.ntk.fast":
-        raise
 
 __all__ = ["ntk_layer_importance", "scoring_problem", "default_output_fn", "preserved_state"]
 
