@@ -134,3 +134,15 @@ def test_ntk_reference_sums_to_the_full_kernel():
     with scoring_problem(case.model, case.batch, layers={"all": ["inp", "shared", "head"]}) as p:
         (full,) = dense_layer_kernels(p).values()
     torch.testing.assert_close(sum(kernels.values()), full, rtol=1e-12, atol=1e-12)
+
+
+def test_ntk_reference_takes_the_same_keywords_as_the_scorer():
+    case = build("mlp_loss")
+    kw = dict(case.kwargs, method="dense", seed=0, tol=1e-9, maxiter=10, max_memory=10**8, throw=True)
+    kernels = ntk_reference(case.model, case.batch, **kw)
+    scores = ntk_layer_importance(case.model, case.batch, **kw)
+    for layer, k in kernels.items():
+        assert k.shape == (5, 5)
+        assert scores[layer] == pytest.approx(torch.linalg.eigvalsh(k)[-1].item(), rel=1e-12)
+    with pytest.raises(TypeError, match=r"ntk_reference\(\) got unexpected keyword argument\(s\) \['flavour'\]"):
+        ntk_reference(case.model, case.batch, flavour=1)

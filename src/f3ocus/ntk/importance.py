@@ -347,7 +347,8 @@ def ntk_layer_importance(
     Returns:
         A :class:`~f3ocus.LayerScores` in layer order; ``.num_params`` holds $P_l$ and ``.stats`` holds
         ``method``, ``kernel``, ``dtype``, ``device``, ``num_samples``, ``num_outputs``,
-        ``backward_passes``, ``matvecs``, ``residuals``, ``iterations``, ``converged``, ``seconds``,
+        ``backward_passes``, ``matvecs``, ``residuals``, ``iterations``, ``converged``, ``seconds`` (the
+        method's wall time),
         ``peak_memory_bytes`` (CUDA only, else ``None``), ``was_training`` and the method's ``extra``.
 
     Example:

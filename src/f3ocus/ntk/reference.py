@@ -106,12 +106,25 @@ def dense_method(
     return MethodResult(eigs=eigs, backward_passes=nm, matvecs=0, extra={"jacobian_rows": nm})
 
 
-def ntk_reference(model: torch.nn.Module, batch: Any, **kwargs: Any) -> dict[str, Tensor]:
+def ntk_reference(
+    model: torch.nn.Module,
+    batch: Any,
+    *,
+    layers: Any = None,
+    output_fn: Any = None,
+    kernel: str = "output",
+    loss_fn: Any = None,
+    targets: Any = None,
+    dtype: torch.dtype | None = None,
+    chunk_size: int | None = None,
+    **ignored: Any,
+) -> dict[str, Tensor]:
     """The dense layer kernels $\\Theta_l$ of ``model`` on ``batch``.
 
-    Takes the same arguments as :func:`f3ocus.ntk_layer_importance` (``layers``, ``output_fn``,
-    ``kernel``, ``loss_fn``, ``targets``, ``dtype``), validates them the same way, evaluates the model
-    in eval mode and restores its state afterwards.
+    Takes the arguments of :func:`f3ocus.ntk_layer_importance` and validates them the same way, so one
+    keyword dict serves both calls; the solver options (``method``, ``seed``, ``tol``, ``maxiter``,
+    ``max_memory``, ``throw``) are accepted and ignored, ``chunk_size`` bounds the rows per vmapped
+    vjp. The model is evaluated in eval mode and its state restored afterwards.
 
     Returns:
         Layer name -> $\\Theta_l$ (``(N·M, N·M)``, in the compute dtype), in layer order; its largest
@@ -119,5 +132,10 @@ def ntk_reference(model: torch.nn.Module, batch: Any, **kwargs: Any) -> dict[str
     """
     from f3ocus.ntk.importance import scoring_problem
 
-    with scoring_problem(model, batch, **kwargs) as problem:
-        return dense_layer_kernels(problem)
+    unknown = set(ignored) - {"method", "seed", "tol", "maxiter", "max_memory", "throw"}
+    if unknown:
+        raise TypeError(f"ntk_reference() got unexpected keyword argument(s) {sorted(unknown)}.")
+    with scoring_problem(
+        model, batch, layers=layers, output_fn=output_fn, kernel=kernel, loss_fn=loss_fn, targets=targets, dtype=dtype
+    ) as problem:
+        return dense_layer_kernels(problem, chunk_size=chunk_size)
