@@ -59,7 +59,7 @@ def train(model: nn.Module, data, steps: int, lr: float) -> float:
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 @torch.no_grad()

@@ -70,7 +70,7 @@ def local_train(model: nn.Module, data) -> int:
     return len(x)
 
 
-def make_client_app(no_scores: set[int] = frozenset()) -> ClientApp:
+def make_client_app(no_scores=frozenset(), send_full: bool = False, malformed=frozenset()) -> ClientApp:
     app = ClientApp()
 
     @app.query("f3ocus")
@@ -88,9 +88,12 @@ def make_client_app(no_scores: set[int] = frozenset()) -> ClientApp:
         lmap = resolve_layers(model)
         with train_only(model, layers, layer_map=lmap):
             n = local_train(model, client_data(context.node_id))
+        sent = ArrayRecord(model.state_dict()) if send_full else trained_arrays(model, layers, layer_map=lmap)
+        if context.node_id in malformed:  # every array with a wrong shape: all must be ignored
+            sent = ArrayRecord({k: torch.zeros(7) for k in sent})
         reply = RecordDict(
             {
-                "arrays": trained_arrays(model, layers, layer_map=lmap),
+                "arrays": sent,
                 "metrics": MetricRecord({"num-examples": n}),
             }
         )
@@ -200,6 +203,32 @@ def test_two_rounds_three_clients_one_drops(identity):
         torch.testing.assert_close(final[name], p, rtol=1e-6, atol=1e-6)
     assert result.train_metrics_clientapp[2]["f3ocus-clients"] == 2
     assert result.train_metrics_clientapp[2]["f3ocus-fallback-clients"] == 1
+
+
+@pytest.mark.parametrize(("send_full", "malformed"), [(True, frozenset()), (False, frozenset({33}))])
+def test_only_assigned_well_formed_arrays_count(identity, send_full, malformed):
+    """Clients sending their whole model count only for their layers; a client whose arrays all have
+    wrong shapes counts as if it had dropped."""
+    model, arrays = initial_arrays()
+    lmap = resolve_layers(model)
+    strategy = F3ocusStrategy(
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=3), lmap, budget=1, tradeoff=0.0
+    )
+    grid = InProcessGrid(make_client_app(send_full=send_full, malformed=malformed), NODES)
+    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=1)
+
+    def train_fn(m, node):
+        if node in malformed:
+            raise ValueError("malformed")
+        return local_train(m, client_data(node))
+
+    reference = Net()
+    plan = [strategy.plans[1][n] for n in NODES]
+    run_round(reference, list(NODES), plan, train_fn, layer_map=lmap, on_error="skip")
+    final = result.arrays.to_torch_state_dict()
+    for name, p in reference.state_dict().items():
+        torch.testing.assert_close(final[name], p, rtol=1e-6, atol=1e-6)
+    assert result.train_metrics_clientapp[1]["f3ocus-clients"] == 3
 
 
 def test_clients_without_scores_get_fallbacks_and_reselect_every(identity):

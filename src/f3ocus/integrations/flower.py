@@ -259,29 +259,17 @@ class F3ocusStrategy(Strategy):
 
     # -- selection -----------------------------------------------------------------------------
     def _budget_for(self, node: int, reported: int | None) -> int:
-        b = (
-            reported
-            if reported is not None
-            else (self.budget(node) if callable(self.budget) else self.budget)
-        )
+        b = reported if reported is not None else self.budget(node) if callable(self.budget) else self.budget
         return max(1, min(int(b), len(self.layer_map)))
 
     def _query_scores(
         self, server_round: int, arrays: ArrayRecord, nodes: list[int], grid: Grid
     ) -> dict[int, tuple[dict[str, float], int | None]]:
         layers = list(self.layer_map)
+        config = ConfigRecord({"server-round": server_round, LAYERS_KEY: layers})
+        content = RecordDict({"arrays": arrays, "config": config})
         messages = [
-            Message(
-                RecordDict(
-                    {
-                        "arrays": arrays,
-                        "config": ConfigRecord({"server-round": server_round, LAYERS_KEY: layers}),
-                    }
-                ),
-                dst_node_id=node,
-                message_type=QUERY_TYPE,
-                group_id=str(server_round),
-            )
+            Message(content, dst_node_id=node, message_type=QUERY_TYPE, group_id=str(server_round))
             for node in nodes
         ]
         out: dict[int, tuple[dict[str, float], int | None]] = {}
@@ -398,13 +386,13 @@ class F3ocusStrategy(Strategy):
             if not isinstance(n, numbers.Real) or not n > 0:
                 log(WARNING, "f3ocus: node %s sent no positive %r; its update is left out", node, weight_key)
                 continue
-            keys = set(layer_parameter_names(plan[node], self.layer_map))
-            state = {
-                k: torch.from_numpy(v.numpy())
-                for rec in reply.content.array_records.values()
-                for k, v in rec.items()
-                if k in keys and k in base
-            }
+            keys = set(layer_parameter_names(plan[node], self.layer_map)) & set(base)
+            arrays = [
+                (k, torch.from_numpy(v.numpy()))
+                for r in reply.content.array_records.values()
+                for k, v in r.items()
+            ]
+            state = {k: t for k, t in arrays if k in keys and t.shape == base[k].shape}
             states.append(state)
             weights.append(float(n))
             used.append(reply.content)
@@ -417,11 +405,8 @@ class F3ocusStrategy(Strategy):
         except Exception as err:  # metrics must not break the round
             log(WARNING, "f3ocus: could not aggregate train metrics: %s", err)
             metrics = MetricRecord()
-        full = sum(
-            int(t.numel())
-            for k, t in base.items()
-            if k in set(layer_parameter_names(list(self.layer_map), self.layer_map))
-        )
+        selectable = set(layer_parameter_names(list(self.layer_map), self.layer_map))
+        full = sum(int(t.numel()) for k, t in base.items() if k in selectable)
         sent = sum(int(t.numel()) for s in states for t in s.values())
         metrics["f3ocus-clients"] = len(states)
         metrics["f3ocus-fallback-clients"] = len(self.fallbacks.get(server_round, []))
