@@ -251,6 +251,21 @@ def test_clients_without_scores_get_fallbacks_and_reselect_every(identity):
     assert len(queries) == 3
 
 
+def test_failed_selection_falls_back_for_everyone(identity):
+    model, arrays = initial_arrays()
+    lmap = resolve_layers(model)
+    strategy = F3ocusStrategy(
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=3), lmap, budget=2, solver_options={"bogus": 1}
+    )
+    result = strategy.start(grid=InProcessGrid(make_client_app(), NODES), initial_arrays=arrays, num_rounds=1)
+    assert sorted(strategy.fallbacks[1]) == sorted(NODES)
+    assert all(len(layers) == 2 for layers in strategy.plans[1].values())
+    # least-covered, in turn: the three clients cover the four layers (2 + 2 + 2 = 6 slots)
+    counts = [sum(layer in p for p in strategy.plans[1].values()) for layer in lmap]
+    assert sorted(counts) == [1, 1, 2, 2]
+    assert result.train_metrics_clientapp[1]["f3ocus-clients"] == 3
+
+
 def test_skip_fallback_sends_no_train_message(identity):
     model, arrays = initial_arrays()
     strategy = F3ocusStrategy(
@@ -309,6 +324,11 @@ def test_pack_unpack_and_assigned_layers():
             lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}, fallback="none"),
             ValueError,
             "fallback='none' is not a valid",
+        ),
+        (
+            lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}, solver="nsga3"),
+            ValueError,
+            "solver='nsga3' is not a valid",
         ),
     ],
 )

@@ -180,7 +180,8 @@ class F3ocusStrategy(Strategy):
         seed: Seed of the selection; round $r$ uses ``seed + r``.
         reselect_every: Scores are requested and the plan recomputed in rounds $1, 1 + s, 1 + 2s, \\dots$;
             in between, each client keeps its plan (new clients get the fallback).
-        fallback: Plan of a client without usable scores: ``"least-covered"`` (its budget's worth of the
+        fallback: Plan of a client without usable scores (all finite, >= 0, not all zero), and of every
+            client if :func:`f3ocus.select_layers` fails: ``"least-covered"`` (its budget's worth of the
             layers fewest clients train this round, in layer order on ties), ``"all"`` (every layer), or
             ``"skip"`` (not trained this round).
         query_timeout: Seconds to wait for scores (None: the grid's default wait).
@@ -218,6 +219,9 @@ class F3ocusStrategy(Strategy):
             )
         if not callable(budget):
             check_int("budget", budget, low=1)
+        from f3ocus import available_solvers
+
+        check_choice("solver", solver, available_solvers())
         self.strategy = strategy
         self.layer_map = {str(k): list(v) for k, v in layer_map.items()}
         self.budget = budget
@@ -280,7 +284,12 @@ class F3ocusStrategy(Strategy):
                 continue
             for record in reply.content.metric_records.values():
                 scores, budget = unpack_scores(record)
-                if set(scores) == set(layers) and all(math.isfinite(v) and v >= 0 for v in scores.values()):
+                values = list(scores.values())
+                if (
+                    set(scores) == set(layers)
+                    and all(math.isfinite(v) and v >= 0 for v in values)
+                    and any(values)
+                ):
                     out[node] = ({name: scores[name] for name in layers}, budget)
                     break
             else:
@@ -294,15 +303,24 @@ class F3ocusStrategy(Strategy):
         plan: dict[int, list[str]] = {}
         if ok:
             budgets = [self._budget_for(n, reported[n][1]) for n in ok]
-            assignment = select_layers(
-                [reported[n][0] for n in ok],
-                budgets,
-                solver=self.solver,
-                tradeoff=self.tradeoff,
-                normalize=self.normalize,
-                seed=self.seed + server_round,
-                **self.solver_options,
-            )
+            try:
+                assignment = select_layers(
+                    [reported[n][0] for n in ok],
+                    budgets,
+                    solver=self.solver,
+                    tradeoff=self.tradeoff,
+                    normalize=self.normalize,
+                    seed=self.seed + server_round,
+                    **self.solver_options,
+                )
+            except Exception as err:  # a failed selection must not break the round
+                log(
+                    WARNING,
+                    "f3ocus: select_layers failed (%s: %s); every client gets the fallback",
+                    type(err).__name__,
+                    err,
+                )
+                return {}
             plan = {n: list(assignment.layers[i]) for i, n in enumerate(ok)}
         return plan
 
