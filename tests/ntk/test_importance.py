@@ -12,7 +12,7 @@ from cases import CASE_NAMES, TinyCNN, build
 from f3ocus import LayerScores, ntk_layer_importance
 from f3ocus.ntk import LayerEig, MethodResult, available_methods, ntk_reference, register_method
 from f3ocus.ntk import methods as methods_module
-from f3ocus.ntk.importance import default_output_fn
+from f3ocus.ntk.prepare import default_output_fn
 
 F64 = torch.float64
 

@@ -15,8 +15,7 @@ import torch
 
 from cases import CASE_NAMES, build
 from f3ocus import ntk_layer_importance, resolve_layers
-from f3ocus.ntk import dense_layer_jacobians, dense_layer_kernels, ntk_reference
-from f3ocus.ntk.importance import scoring_problem
+from f3ocus.ntk import dense_layer_jacobians, dense_layer_kernels, ntk_reference, scoring_problem
 
 
 def _forward(model, batch):

@@ -1,12 +1,14 @@
 """Client-side scoring: layer-wise empirical NTK eigenvalues.
 
 :func:`ntk_layer_importance` is the entry point. The dense reference (:func:`dense_layer_jacobians`,
-:func:`dense_layer_kernels`, :func:`ntk_reference`) is public so that custom models, output functions
+:func:`dense_layer_kernels`, :func:`ntk_reference`, with :func:`scoring_problem` to build the
+problem they take) is public so that custom models, output functions
 and methods can be checked against it; :func:`register_method` adds a scoring method.
 """
 
 from f3ocus.ntk.importance import ntk_layer_importance
 from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, available_methods, get_method, register_method
+from f3ocus.ntk.prepare import scoring_problem
 from f3ocus.ntk.problem import NTKProblem
 from f3ocus.ntk.reference import dense_layer_jacobians, dense_layer_kernels, ntk_reference
 
@@ -17,6 +19,7 @@ __all__ = [
     "ntk_reference",
     "dense_layer_jacobians",
     "dense_layer_kernels",
+    "scoring_problem",
     # extending
     "NTKProblem",
     "register_method",

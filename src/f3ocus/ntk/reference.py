@@ -130,7 +130,7 @@ def ntk_reference(
         Layer name -> $\\Theta_l$ (``(N·M, N·M)``, in the compute dtype), in layer order; its largest
         eigenvalue is the layer's importance.
     """
-    from f3ocus.ntk.importance import scoring_problem
+    from f3ocus.ntk.prepare import scoring_problem
 
     unknown = set(ignored) - {"method", "seed", "tol", "maxiter", "max_memory", "throw"}
     if unknown:
