@@ -311,12 +311,16 @@ def test_auto_respects_max_memory():
         methods_module._METHODS.update(saved)
 
 
-def test_grad_disabled_context_is_fine():
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+def test_every_method_works_with_autograd_disabled_by_the_caller(context):
     model, x = _mb("mlp", F64)
     ref = ntk_layer_importance(model, x, method="dense")
-    with torch.no_grad():
-        got = ntk_layer_importance(model, x, method="dense")
-    assert dict(got) == dict(ref)
+    manager = torch.no_grad if context == "no_grad" else torch.inference_mode
+    for method in available_methods():
+        with manager():
+            x_inside = x.clone()  # under inference_mode this is an inference tensor
+            got = ntk_layer_importance(model, x_inside, method=method, seed=0)
+        assert dict(got) == pytest.approx(dict(ref), rel=1e-6), method
 
 
 def test_cross_entropy_loss_kernel_runs_with_integer_targets():

@@ -163,6 +163,21 @@ def scoring_problem(
         raise TypeError(f"output_fn must be callable, got {describe(output_fn)}.")
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.float64, got {describe(dtype)}.")
+    # inference mode would disable the autograd that every method needs; undo it for the scoring
+    with torch.inference_mode(False):
+        yield from _problem(model, batch, layers, output_fn, kernel, loss_fn, targets, dtype)
+
+
+def _problem(
+    model: nn.Module,
+    batch: Any,
+    layers: Any,
+    output_fn: Callable[[Any], Tensor] | None,
+    kernel: str,
+    loss_fn: Callable | None,
+    targets: Any,
+    dtype: torch.dtype | None,
+) -> Iterator[NTKProblem]:
     args, kwargs = _split_batch(batch)
     n = _num_samples(args, kwargs)
     resolved = resolve_layers(model, layers)
@@ -172,6 +187,8 @@ def scoring_problem(
     def prepare(leaf: Any) -> Any:
         if isinstance(leaf, Tensor):
             leaf = leaf.to(device)
+            if leaf.is_inference():  # made under torch.inference_mode: autograd needs a normal tensor
+                leaf = leaf.clone()
             if leaf.is_floating_point():
                 leaf = leaf.to(compute)
         return leaf
