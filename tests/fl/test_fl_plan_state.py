@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from fl_models import BlockNet, block_map
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from f3ocus.fl import layer_state, load_layer_state, train_only
 
@@ -147,3 +149,27 @@ def test_load_layer_state_errors_write_nothing(state, error, match):
         load_layer_state(model, state)
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.booleans(), min_size=8, max_size=8),
+    st.lists(st.sampled_from(["blocks.0", "blocks.1", "blocks.2", "head"]), max_size=4),
+    st.booleans(),
+)
+def test_flags_inside_and_after_any_plan(initial, layers, fail):
+    """For any initial flags and any layer subset: inside, exactly the chosen parameters are
+    trainable; after, also when the block raises, every flag is what it was."""
+    model = BlockNet()
+    for p, flag in zip(model.parameters(), initial, strict=True):
+        p.requires_grad_(flag)
+    before = flags(model)
+    chosen = {f"{layer}.{kind}" for layer in layers for kind in ("weight", "bias")}
+    try:
+        with train_only(model, layers, layer_map=block_map(model)):
+            assert flags(model) == {n: n in chosen for n in before}
+            if fail:
+                raise KeyboardInterrupt  # not an Exception: restoration must not depend on the type
+    except KeyboardInterrupt:
+        pass
+    assert flags(model) == before

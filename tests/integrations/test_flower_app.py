@@ -57,6 +57,7 @@ def test_example_app_finishes_with_flwr_run(tmp_path):
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "OMP_NUM_THREADS": "1",  # tiny model: one torch thread per process avoids oversubscription
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     log = (tmp_path / "superlink.log").open("w")
