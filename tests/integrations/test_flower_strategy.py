@@ -295,6 +295,34 @@ def test_wraps_other_strategies_and_keeps_their_config(identity):
     assert {n: len(layers) for n, layers in strategy.plans[1].items()} == {11: 2, 22: 1, 33: 1}
 
 
+def test_score_reply_loads_arrays_and_scores_the_listed_layers(identity):
+    trained = Net()
+    with torch.no_grad():
+        trained.head.weight.mul_(3.0)
+    config = ConfigRecord({"server-round": 1, LAYERS_KEY: ["blocks.1", "head"]})
+    msg = Message(
+        RecordDict({"arrays": ArrayRecord(trained.state_dict()), "config": config}),
+        dst_node_id=11,
+        message_type="query.f3ocus",
+    )
+    x, _ = client_data(11)
+    reply = score_reply(msg, Net(), x, budget=2)
+    scores, budget = unpack_scores(reply.content["f3ocus-scores"])
+    expected = ntk_layer_importance(
+        trained, x, layers={k: resolve_layers(trained)[k] for k in ("blocks.1", "head")}
+    )
+    assert budget == 2 and list(scores) == ["blocks.1", "head"]
+    for name in scores:
+        assert scores[name] == pytest.approx(expected[name], rel=1e-5)
+    bad = Message(
+        RecordDict({"config": ConfigRecord({LAYERS_KEY: ["blocks.9"]})}),
+        dst_node_id=11,
+        message_type="query.f3ocus",
+    )
+    with pytest.raises(ValueError, match="the server's 'f3ocus-layers' contains 'blocks.9'"):
+        score_reply(bad, Net(), x)
+
+
 def test_pack_unpack_and_assigned_layers():
     record = pack_scores({"blocks.0": 2.5, "head": 0.5}, budget=3)
     assert unpack_scores(record) == ({"blocks.0": 2.5, "head": 0.5}, 3)
