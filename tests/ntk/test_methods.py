@@ -92,17 +92,22 @@ def test_fast_methods_are_registered_with_cost_models():
 
 
 def test_auto_picks_persample_when_it_fits_and_lanczos_when_memory_is_tight():
-    case = build("vit_sdpa", F64, "cpu")
-    with scoring_problem(case.model, case.batch) as problem:
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4)).to(F64)
+    x = torch.randn(20, 16, 8, generator=g, dtype=F64)  # 16 tokens per sample, N*M = 80 rows
+
+    def pooled(out):
+        return out.mean(dim=1)
+
+    with scoring_problem(model, x, output_fn=pooled) as problem:
         per, mat = persample_cost(problem), lanczos_cost(problem)
-    assert per.flops < mat.flops
-    roomy = ntk_layer_importance(case.model, case.batch, seed=0)
+    assert per.flops < mat.flops and mat.memory < per.memory
+    roomy = ntk_layer_importance(model, x, output_fn=pooled, seed=0)
     assert roomy.stats["method"] == "persample"
-    tight = int((per.memory + mat.memory) / 2) if mat.memory < per.memory else None
-    if tight is not None:
-        small = ntk_layer_importance(case.model, case.batch, seed=0, max_memory=tight)
-        assert small.stats["method"] == "lanczos"
-        _assert_close(small, roomy)
+    budget = int((per.memory + mat.memory) / 2)
+    tight = ntk_layer_importance(model, x, output_fn=pooled, seed=0, max_memory=budget)
+    assert tight.stats["method"] == "lanczos"
+    _assert_close(tight, roomy)
 
 
 def test_persample_splits_layers_into_groups_under_a_memory_budget():

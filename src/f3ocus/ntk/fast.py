@@ -16,7 +16,8 @@ $P = \sum_l P_l$ scored parameters and a forward pass of about $2NP$:
 - persample: $(1 + 2M) \cdot 2NP$ (forward, $M$ backprop passes, per-sample contractions) plus, per
   layer, $\min\big((NM)^2 P_l,\ 4 k NM P_l\big)$; memory $NM \max_l P_l$ elements (the largest
   Jacobian group) plus the backprops.
-- lanczos: $k \cdot L \cdot 3 \cdot 2NP$; memory $\min(L, \text{chunk}) \cdot P$ elements plus the
+- lanczos: $k \cdot L \cdot 3 \cdot 2 F$, with $F \ge NP$ the multiply-adds of a forward pass
+  counted on one sample (:func:`forward_flops`: it sees sequence lengths); memory $\min(L, \text{chunk}) \cdot P$ elements plus the
   Lanczos basis $L k NM$.
 
 with $k$ = 30 expected Lanczos steps.
@@ -37,7 +38,14 @@ from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, register_method
 from f3ocus.ntk.persample import per_sample_jacobians
 from f3ocus.ntk.problem import NTKProblem
 
-__all__ = ["jacobian_eigs", "lanczos_cost", "lanczos_method", "persample_cost", "persample_method"]
+__all__ = [
+    "forward_flops",
+    "jacobian_eigs",
+    "lanczos_cost",
+    "lanczos_method",
+    "persample_cost",
+    "persample_method",
+]
 
 EXPECTED_STEPS = 30
 
@@ -138,13 +146,37 @@ def persample_cost(problem: NTKProblem) -> Cost:
     return Cost(flops=float(flops), memory=memory)
 
 
+def forward_flops(problem: NTKProblem) -> float:
+    r"""Multiply-adds of one forward pass over the batch, counted on one sample (cached on the problem).
+
+    Uses ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention) on sample 0
+    and scales by $N$; falls back to the parameter count bound $N P$ where counting fails. Unlike
+    $N P$ it sees sequence lengths (a token-wise Linear costs $S \cdot P_l$ per sample).
+    """
+    if "forward_flops" not in problem._cache:
+        total = sum(problem.layer_sizes().values())
+        estimate = float(problem.num_samples * total)
+        try:
+            from torch.utils._pytree import tree_map
+            from torch.utils.flop_counter import FlopCounterMode
+
+            one = tree_map(lambda t: t[0], problem.per_sample_inputs())
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                problem.sample_outputs(problem.layer_params(), *one)
+            estimate = max(estimate, problem.num_samples * counter.get_total_flops() / 2.0)
+        except Exception:  # noqa: BLE001 - an estimate only; the bound above stands
+            pass
+        problem._cache["forward_flops"] = estimate
+    return problem._cache["forward_flops"]
+
+
 def lanczos_cost(problem: NTKProblem) -> Cost:
     """Estimated multiply-adds and peak bytes of ``"lanczos"`` (see the module docstring)."""
     n, m = problem.num_samples, problem.num_outputs
     sizes = problem.layer_sizes()
     total = sum(sizes.values())
     layers = len(sizes)
-    flops = EXPECTED_STEPS * layers * 3 * 2.0 * n * total
+    flops = EXPECTED_STEPS * layers * 3 * 2.0 * forward_flops(problem)
     memory = (2 * layers * total + layers * EXPECTED_STEPS * n * m) * problem.itemsize
     return Cost(flops=float(flops), memory=float(memory))
 

@@ -18,8 +18,6 @@ resort for models whose Jacobians do not fit in memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
@@ -103,9 +101,8 @@ class LayerKernelOperator:
         return jvp(self.problem.outputs, (self.params,), (tangent,))[1]
 
     def _double_vjp(self, tangent: dict[str, Tensor]) -> Tensor:
-        transpose: Callable[[Tensor], dict[str, Tensor]] = lambda w: vjp(self.problem.outputs, self.params)[
-            1
-        ](w)[0]  # noqa: E731
-        return vjp(transpose, torch.zeros(self._shape, dtype=self._out.dtype, device=self._out.device))[1](
-            tangent
-        )[0]
+        def transpose(w: Tensor) -> dict[str, Tensor]:
+            return vjp(self.problem.outputs, self.params)[1](w)[0]
+
+        zero = torch.zeros(self._shape, dtype=self._out.dtype, device=self._out.device)
+        return vjp(transpose, zero)[1](tangent)[0]

@@ -27,7 +27,7 @@ float64, and against each other (``use_hooks=False`` sends every parameter to th
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +36,7 @@ from torch.func import jacrev, vmap
 
 from f3ocus.ntk.grad_samplers import GradSampler, get_grad_sampler
 from f3ocus.ntk.problem import NTKProblem
+from f3ocus.ntk.taps import ParameterTaps
 
 __all__ = ["JacobianPlan", "jacobian_plan", "per_sample_jacobians"]
 
@@ -115,20 +116,16 @@ def per_sample_jacobians(
     params = problem.layer_params()
     n, m = problem.num_samples, problem.num_outputs
     rows: dict[str, Tensor] = {}
-    if plan.hooked:
-        hooked = _hooked_rows(problem, plan, params, chunk_size=chunk_size, batched=batched)
-        if isinstance(
-            hooked, frozenset
-        ):  # some modules do not see the batch first: send them to the fallback
-            plan = jacobian_plan(problem, use_hooks=use_hooks, exclude=hooked)
-            hooked = (
-                _hooked_rows(problem, plan, params, chunk_size=chunk_size, batched=batched)
-                if plan.hooked
-                else {}
-            )
+    rest = plan.fallback
+    if plan.hooked or (use_hooks and plan.fallback):
+        got = _hooked_rows(problem, plan, params, chunk_size=chunk_size, batched=batched)
+        if isinstance(got, frozenset):  # some modules do not see the batch first: send them to the fallback
+            plan = jacobian_plan(problem, use_hooks=use_hooks, exclude=got)
+            got = _hooked_rows(problem, plan, params, chunk_size=chunk_size, batched=batched, tap=use_hooks)
+        hooked, rest = got
         rows.update(hooked)
-    if plan.fallback:
-        rows.update(_fallback_rows(problem, plan.fallback, params, chunk_size=chunk_size))
+    if rest:
+        rows.update(_fallback_rows(problem, rest, params, chunk_size=chunk_size))
     return {
         layer: torch.cat([rows[name].reshape(n * m, -1) for name in names], dim=1)
         for layer, names in problem.layers.items()
@@ -150,16 +147,18 @@ def _hooked_rows(
     *,
     chunk_size: int | None,
     batched: bool,
-) -> dict[str, Tensor] | frozenset[int]:
-    """Rows ``(N, M, *shape)`` of the hooked parameters: one forward, batched backprop-only passes.
+    tap: bool = True,
+) -> tuple[dict[str, Tensor], list[str]] | frozenset[int]:
+    """Rows ``(N, M, *shape)`` of the hooked and tapped parameters: one forward, batched backprop passes.
 
-    Returns the ids of the hooked modules whose inputs or output do not carry the batch first (for
-    example a sequence-first transformer), instead, so that the caller can re-plan without them.
+    The fallback parameters of ``plan`` are tapped (:mod:`f3ocus.ntk.taps`) when ``tap`` is set.
+    Returns the rows and the parameters the taps could not serve; or, if some hooked module's inputs
+    or output do not carry the batch first (a sequence-first transformer), the ids of those modules,
+    so that the caller can re-plan without them.
     """
     n, m = problem.num_samples, problem.num_outputs
     calls: list[tuple[nn.Module, GradSampler, tuple, Tensor, dict]] = []
     samplers = {id(mod): s for mod, s in plan.modules}
-
     unbatched: set[int] = set()
 
     def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
@@ -179,10 +178,15 @@ def _hooked_rows(
         saved = tuple(i.detach() if isinstance(i, Tensor) else i for i in inputs)
         calls.append((module, samplers[id(module)], saved, output, state))
 
+    tapped = list(plan.fallback) if tap else []
+    live = {
+        k: (v.detach().requires_grad_(True) if k in plan.hooked or k in tapped else v)
+        for k, v in params.items()
+    }
+    taps = ParameterTaps({k: live[k] for k in tapped}, n)
     handles = [mod.register_forward_hook(hook) for mod, _ in plan.modules]
     try:
-        live = {k: (v.detach().requires_grad_(True) if k in plan.hooked else v) for k, v in params.items()}
-        with torch.enable_grad():
+        with torch.enable_grad(), taps if tapped else nullcontext():
             out = problem.outputs(live)  # (N, M)
     finally:
         for h in handles:
@@ -190,8 +194,10 @@ def _hooked_rows(
     if unbatched:
         return frozenset(unbatched)
     local_to_name = {(id(mod), local): name for name, own in plan.hooked.items() for mod, local in own}
-    result = {name: params[name].new_zeros(n, m, *params[name].shape) for name in plan.hooked}
-    targets = [c[3] for c in calls]
+    served = [k for k in tapped if k not in taps.bad]
+    result = {name: params[name].new_zeros(n, m, *params[name].shape) for name in [*plan.hooked, *served]}
+    totals = {name: params[name].new_zeros(m, *params[name].shape) for name in served}
+    targets = [c[3] for c in calls] + [t.out for t in taps.taps] + [live[k] for k in served]
     step = m if chunk_size is None else max(1, min(chunk_size, m))
     for start in range(0, m, step):
         stop = min(start + step, m)
@@ -199,7 +205,7 @@ def _hooked_rows(
         cot = out.new_zeros(k, n, m)
         cot[torch.arange(k), :, torch.arange(start, stop)] = 1.0
         grads = _backprops(out, targets, cot, batched=batched)
-        for (module, sampler, inputs, _, state), g in zip(calls, grads, strict=True):
+        for (module, sampler, inputs, _, state), g in zip(calls, grads, strict=False):
             if g is None:
                 continue
             with _swapped(module, state):
@@ -208,7 +214,23 @@ def _hooked_rows(
                 name = local_to_name.get((id(module), local))
                 if name is not None:
                     result[name][:, start:stop] += per_sample.transpose(0, 1)
-    return result
+        for t, g in zip(taps.taps, grads[len(calls) :], strict=False):
+            if g is not None and t.root in result:
+                result[t.root][:, start:stop] += taps.rows(t, g).transpose(0, 1)
+        for name, g in zip(served, grads[len(calls) + len(taps.taps) :], strict=True):
+            if g is not None:
+                totals[name][start:stop] = g
+    # The taps must account for every use: their rows sum over samples to the batch gradient.
+    missed = [
+        k
+        for k in served
+        if not torch.allclose(
+            result[k].sum(0), totals[k], rtol=1e-4, atol=1e-6 * (1 + totals[k].abs().max().item())
+        )
+    ]
+    for k in missed:
+        del result[k]
+    return result, [k for k in plan.fallback if k not in result]
 
 
 @contextmanager
