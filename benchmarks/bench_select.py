@@ -1,0 +1,231 @@
+r"""Layer selection: every solver against the exact optimum and the exact front, on heavy-tailed instances.
+
+Instances (seeded): raw scores $\lambda_{kl} = \exp(\sigma(\sqrt{\rho}\, g_l + \sqrt{1-\rho}\, e_{kl}))$ with
+$g, e$ standard normal, $\sigma = 2$ (heavy-tailed, lognormal) and $\rho = 1/2$ (a layer effect shared by
+the clients, so the clients' own top layers pile up on the same layers and the client-only top-k
+baseline is far from balanced); ``normalize="sum"``; budgets uniform in 2..8; tradeoff
+$t = \tau L / K$ for $\tau \in \{0.2, 1\}$ (the scale at which the diversity cost of one more client on a
+layer, $2t\,n_l / L$, is comparable to a normalized score; top-k is 10-150% off the optimum there).
+
+For every solver in ``available_solvers()`` and every $K \in \{10, 50, 200\}$, $L \in \{24, 48\}$, $\tau$:
+
+- ``gap``: $(f^\star - f) / |f^\star|$ with $f = \text{importance} - t\cdot\text{diversity}$ of the
+  returned plan and $f^\star$ the exact optimum (:func:`f3ocus.selection.exact.exact_optimum`);
+- ``hv_ratio``: hypervolume of the solver's front (multi-objective solvers: ``plan.front``; single-objective
+  ones: the one returned point) over the hypervolume of the exact supported front
+  (:func:`f3ocus.selection.exact.exact_front`). Both are computed by ``pymoo.indicators.hv.HV`` in a
+  normalized space: with $A$ the exact max-importance end and $B$ the exact min-diversity end of the
+  front, $\hat f_1 = (I_A - I)/(I_A - I_B)$ and $\hat f_2 = (D - D_B)/(D_A - D_B)$ (both minimized, the exact
+  front spans $[0,1]^2$) and the reference point is $(1.1, 1.1)$. Points beyond it add nothing. A front
+  equal to the exact supported front has ratio 1 (the non-supported points between its vertices can push a
+  front slightly above 1);
+- ``seconds``: the solver's wall time (``stats["seconds"]``, the exact reference excluded).
+
+Then the exact solver alone for $K$ up to 1000 and $L$ up to 64. Results go to
+``benchmarks/results/select_<device>.json`` with the CPU model, cores, library versions, git commit and
+seeds.
+
+    python benchmarks/bench_select.py            # the full table (tens of minutes on 2 cores)
+    python benchmarks/bench_select.py --quick    # smoke run (K=10, L=24, one tradeoff)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pymoo
+import scipy
+from pymoo.indicators.hv import HV
+
+import f3ocus
+from f3ocus import available_solvers, select_layers
+from f3ocus.selection.exact import exact_front, exact_optimum
+from f3ocus.selection.inputs import normalize_scores
+from f3ocus.selection.problem import SelectionProblem
+
+REF_POINT = np.array([1.1, 1.1])
+
+
+def instance(K: int, L: int, seed: int, sigma: float = 2.0, rho: float = 0.5, b_max: int = 8):  # noqa: N803
+    """Raw heavy-tailed scores ``(K, L)`` and budgets uniform in ``2..min(b_max, L)``."""
+    rng = np.random.default_rng(seed)
+    z = np.sqrt(rho) * rng.standard_normal(L) + np.sqrt(1.0 - rho) * rng.standard_normal((K, L))
+    return np.exp(sigma * z), rng.integers(2, min(b_max, L) + 1, size=K)
+
+
+def device() -> dict:
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"kind": "cpu", "cpu": model, "cores": cores, "platform": platform.platform()}
+
+
+def versions() -> dict:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {
+        "f3ocus": f3ocus.__version__,
+        "git_commit": commit,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pymoo": pymoo.__version__,
+    }
+
+
+class FrontNormalizer:
+    """Maps (importance, diversity) to the normalized minimization space of the exact front."""
+
+    def __init__(self, sel: SelectionProblem, front: np.ndarray) -> None:
+        imp, div = sel.importance(front), sel.diversity(front)
+        self.i_a, self.i_b = float(imp.max()), float(imp.min())
+        self.d_a, self.d_b = float(div.max()), float(div.min())
+        self.exact_hv = self.hv(imp, div)
+
+    def hv(self, importance, diversity) -> float:
+        di = max(self.i_a - self.i_b, 1e-12)
+        dd = max(self.d_a - self.d_b, 1e-12)
+        F = np.column_stack(
+            [(self.i_a - np.asarray(importance)) / di, (np.asarray(diversity) - self.d_b) / dd]
+        )  # noqa: N806
+        return float(HV(ref_point=REF_POINT)(F))
+
+
+def bench_solvers(sizes, taus, seeds, solvers, log) -> list[dict]:
+    rows = []
+    for (K, L), seed in ((kl, s) for kl in sizes for s in seeds):  # noqa: N806
+        raw, budgets = instance(K, L, seed)
+        sel = SelectionProblem(normalize_scores(raw, "sum"), budgets)
+        t0 = time.perf_counter()
+        front = exact_front(sel)
+        norm = FrontNormalizer(sel, front)
+        log(f"K={K} L={L} seed={seed}: exact front {len(front)} points in {time.perf_counter() - t0:.2f}s")
+        for tau in taus:
+            t = tau * L / K
+            optimum = float(sel.scalarized(exact_optimum(sel, t), t))
+            for name in solvers:
+                plan = select_layers(raw, budgets, solver=name, tradeoff=t, seed=seed)
+                value = float(sel.scalarized(plan.mask, t))
+                if plan.front is not None:
+                    hv = norm.hv(plan.front.importance, plan.front.diversity)
+                else:
+                    hv = norm.hv([plan.importance], [plan.diversity])
+                row = {
+                    "solver": name,
+                    "K": K,
+                    "L": L,
+                    "seed": seed,
+                    "tau": tau,
+                    "tradeoff": t,
+                    "optimum": optimum,
+                    "value": value,
+                    "gap": (optimum - value) / abs(optimum),
+                    "hv": hv,
+                    "hv_exact": norm.exact_hv,
+                    "hv_ratio": hv / norm.exact_hv if norm.exact_hv > 0 else float("nan"),
+                    "front_points": None if plan.front is None else len(plan.front),
+                    "seconds": plan.stats["seconds"],
+                    "evaluations": plan.stats.get("evaluations"),
+                }
+                rows.append(row)
+                log(
+                    f"  tau={tau:<4} {name:>7}: gap {row['gap']:8.4%}  hv/hv* {row['hv_ratio']:.3f}  "
+                    f"{row['seconds']:7.2f}s"
+                )
+    return rows
+
+
+def bench_exact(sizes, taus, seed, log) -> list[dict]:
+    rows = []
+    for K, L in sizes:  # noqa: N806
+        raw, budgets = instance(K, L, seed)
+        sel = SelectionProblem(normalize_scores(raw, "sum"), budgets)
+        for tau in taus:
+            t = tau * L / K
+            start = time.perf_counter()
+            plan = exact_optimum(sel, t)
+            seconds = time.perf_counter() - start
+            rows.append(
+                {
+                    "K": K,
+                    "L": L,
+                    "seed": seed,
+                    "tau": tau,
+                    "tradeoff": t,
+                    "seconds": seconds,
+                    "value": float(sel.scalarized(plan, t)),
+                }
+            )
+            log(f"exact K={K:5d} L={L:3d} tau={tau:<4}: {seconds:.3f}s")
+    return rows
+
+
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: K=10, L=24, one tradeoff")
+    parser.add_argument("--solvers", nargs="*", default=None, help="default: every available solver")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    solvers = args.solvers or available_solvers()
+    if args.quick:
+        sizes, taus, exact_sizes = [(10, 24)], [1.0], [(10, 24), (200, 48)]
+    else:
+        sizes = [(K, L) for K in (10, 50, 200) for L in (24, 48)]
+        taus = [0.2, 1.0]
+        exact_sizes = [(K, L) for K in (10, 50, 200, 500, 1000) for L in (24, 48, 64)]
+
+    def log(msg):
+        print(msg, flush=True)
+
+    dev = device()
+    log(f"{dev['cpu']} ({dev['cores']} cores); solvers: {', '.join(solvers)}")
+    result = {
+        "benchmark": "select",
+        "device": dev,
+        "versions": versions(),
+        "seeds": args.seeds,
+        "instance": {
+            "sigma": 2.0,
+            "rho": 0.5,
+            "budgets": "uniform 2..8",
+            "normalize": "sum",
+            "tradeoff": "tau * L / K",
+        },
+        "hv": {"space": "normalized to the exact supported front's ends", "ref_point": REF_POINT.tolist()},
+        "quick": bool(args.quick),
+        "solvers": bench_solvers(sizes, taus if not args.quick else [1.0], args.seeds, solvers, log),
+        "exact": bench_exact(exact_sizes, taus, args.seeds[0], log),
+    }
+    out = (
+        args.out
+        or Path(__file__).parent / "results" / f"select_{dev['kind']}{'_quick' if args.quick else ''}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    log(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
