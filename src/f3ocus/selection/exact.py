@@ -81,7 +81,7 @@ def _flow(
     n_x, n_y = K * L, int(width.sum())
     # y arcs: layer l, unit j in [lo_l, hi_l)
     y_layer = np.repeat(np.arange(L), width)
-    y_j = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if n_y else np.zeros(0, np.int64)
+    y_j = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)]) if n_y else np.zeros(0, np.int64)
     c = np.concatenate([-scores.ravel(), unit_cost(y_j).astype(np.float64)])
 
     x_cols = np.arange(n_x)

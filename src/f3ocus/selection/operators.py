@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 from pymoo.core.crossover import Crossover
+from pymoo.core.duplicate import DuplicateElimination
 from pymoo.core.mutation import Mutation
 from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
@@ -26,6 +27,7 @@ __all__ = [
     "BudgetMutation",
     "BudgetRepair",
     "BudgetSampling",
+    "PlanDuplicateElimination",
     "neighbor",
     "random_plan",
     "repair",
@@ -148,19 +150,35 @@ def _flat(masks: np.ndarray) -> np.ndarray:
 
 
 class BudgetSampling(Sampling):
-    """Uniformly random feasible plans (:func:`random_plan`), flattened for the binary encoding."""
+    """Uniformly random feasible plans (:func:`random_plan`), flattened for the binary encoding.
+
+    Args:
+        starts: optional ``(S, K, L)`` feasible plans put first in the sample (documented smart starts,
+            e.g. :func:`f3ocus.selection.heuristics.smart_starts`); the rest stays uniformly random.
+    """
+
+    def __init__(self, starts: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.starts = None if starts is None else np.asarray(starts, dtype=bool)
 
     def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
-        return _flat(random_plan(_selection(problem), random_state, n=n_samples))
+        sel = _selection(problem)
+        masks = random_plan(sel, random_state, n=n_samples)
+        if self.starts is not None:
+            m = min(len(self.starts), n_samples)
+            masks[:m] = self.starts[:m]
+        return _flat(masks)
 
 
 class BudgetCrossover(Crossover):
     r"""Row-wise uniform crossover that keeps every client's count.
 
-    For client $k$ and parents $A, B$: the layers both train are inherited, the layers only one of them
-    trains ($A_k \triangle B_k$) are shuffled, child 1 takes as many of them as $A_k$ needs to reach its
-    count and child 2 takes the complementary ones up to $B_k$'s count. With exact budgets the two
-    children split $A_k \triangle B_k$ between them, and both keep exactly $b_k$ layers.
+    For client $k$ and parents $A, B$: the layers both train are inherited by both children. The layers
+    only $A$ trains and those only $B$ trains are paired in column order (the $i$-th of $A_k \setminus B_k$
+    with the $i$-th of $B_k \setminus A_k$); for each pair a fair coin decides which child gets which.
+    Unpaired layers (when the counts differ, ``exact_budget=False``) stay with their parent's child. So
+    child 1 keeps $|A_k|$ layers and child 2 keeps $|B_k|$, and every differing layer reaches either
+    child with probability 1/2.
 
     Args:
         prob: probability that a mating is crossed (else the parents are copied).
@@ -174,57 +192,91 @@ class BudgetCrossover(Crossover):
         _, n_matings, _ = X.shape
         a = X[0].reshape(n_matings, sel.K, sel.L).astype(bool)
         b = X[1].reshape(n_matings, sel.K, sel.L).astype(bool)
-        common, diff = a & b, a ^ b
-        u = random_state.random(a.shape)
-        lift = 2.0 * common - 2.0 * ~(common | diff)  # common first, outside last
-        child1 = top_b(lift + u * diff, a.sum(axis=-1))
-        child2 = top_b(lift + (1.0 - u) * diff, b.sum(axis=-1))
+        only_a, only_b = a & ~b, b & ~a
+        # pair index of each differing entry within its row (0-based), and whether it has a partner
+        idx_a = np.cumsum(only_a, axis=-1) - 1
+        idx_b = np.cumsum(only_b, axis=-1) - 1
+        paired = np.minimum(only_a.sum(axis=-1), only_b.sum(axis=-1))[..., None]
+        coin = random_state.random((n_matings, sel.K, sel.L)) < 0.5
+        flip_a = only_a & (idx_a < paired) & np.take_along_axis(coin, np.clip(idx_a, 0, None), axis=-1)
+        flip_b = only_b & (idx_b < paired) & np.take_along_axis(coin, np.clip(idx_b, 0, None), axis=-1)
+        child1 = (a & ~flip_a) | flip_b
+        child2 = (b & ~flip_b) | flip_a
         return np.stack([_flat(child1), _flat(child2)])
 
 
 class BudgetMutation(Mutation):
-    """Each client row is moved by :func:`neighbor`-style moves with probability ``prob_var``.
+    r"""Each client row is moved by :func:`neighbor`-style moves with probability ``prob_var``.
+
+    With ``exact_budget=True`` a move swaps a trained layer $l$ for an untrained one $l'$; with
+    ``exact_budget=False`` it is a swap, an add or a drop, drawn uniformly among those the row allows.
+
+    With ``guided=s > 1`` a swap is the best of $s$ uniformly drawn candidate swaps (a tournament) by its
+    effect on the objective. For the scalarized problem (tradeoff $t$) the effect of moving client $k$
+    from $l$ to $l'$ is exactly
+
+    $$ \Delta = (S_{kl'} - S_{kl}) - \frac{2t}{L}(n_{l'} - n_l + 1); $$
+
+    for the two-objective problem each row uses, with equal odds, the importance change
+    $S_{kl'} - S_{kl}$ or the diversity change $-(n_{l'} - n_l + 1)$. ``guided=1`` is the uniform move.
 
     Args:
         prob: probability that an individual is mutated at all.
         prob_var: probability per client row of one move; ``None`` means ``1 / K`` (one move per plan on
             average, at least one is always made when the individual is mutated).
+        guided: tournament size for swaps (``1``: uniform).
     """
 
-    def __init__(self, prob: float = 1.0, prob_var: float | None = None, **kwargs) -> None:
+    def __init__(self, prob: float = 1.0, prob_var: float | None = None, guided: int = 1, **kwargs) -> None:
         super().__init__(prob=prob, prob_var=prob_var, **kwargs)
         self._prob_var = prob_var
+        self.guided = max(1, int(guided))
 
     def _do(self, problem, X, *args, random_state=None, **kwargs):  # noqa: N803 - pymoo's name
         sel = _selection(problem)
         masks = X.reshape(-1, sel.K, sel.L).astype(bool).copy()
+        n = masks.shape[0]
         p = 1.0 / sel.K if self._prob_var is None else float(self._prob_var)
-        hit = random_state.random(masks.shape[:2]) < p
-        forced = random_state.integers(sel.K, size=masks.shape[0])
-        hit[np.arange(masks.shape[0]), forced] = True
-        count = masks.sum(axis=-1)
-        u_on = np.where(masks, random_state.random(masks.shape), -1.0)
-        u_off = np.where(~masks, random_state.random(masks.shape), -1.0)
-        on, off = u_on.argmax(axis=-1), u_off.argmax(axis=-1)
+        hit = random_state.random((n, sel.K)) < p
+        hit[np.arange(n), random_state.integers(sel.K, size=n)] = True
+        p_idx, k_idx = np.nonzero(hit)
+        rows = masks[p_idx, k_idx]  # (H, L) the rows to move
+        count = rows.sum(axis=-1)
+        s = self.guided
+        on = np.where(rows[:, None], random_state.random((rows.shape[0], s, sel.L)), -1.0).argmax(axis=-1)
+        off = np.where(~rows[:, None], random_state.random((rows.shape[0], s, sel.L)), -1.0).argmax(axis=-1)
+        if s > 1:
+            n_l = masks.sum(axis=1)[p_idx]  # (H, L) counts of each row's plan
+            gain_imp = sel.scores[k_idx[:, None], off] - sel.scores[k_idx[:, None], on]
+            crowd = np.take_along_axis(n_l, off, axis=-1) - np.take_along_axis(n_l, on, axis=-1) + 1
+            tradeoff = getattr(problem, "tradeoff", None)
+            if tradeoff is not None:
+                gain = gain_imp - (2.0 * tradeoff / sel.L) * crowd
+            else:
+                by_imp = random_state.random(rows.shape[0]) < 0.5
+                gain = np.where(by_imp[:, None], gain_imp, -crowd.astype(np.float64))
+            pick = gain.argmax(axis=-1)
+            on, off = on[np.arange(on.shape[0]), pick], off[np.arange(off.shape[0]), pick]
+        else:
+            on, off = on[:, 0], off[:, 0]
+        can_swap = (count > 0) & (count < sel.L)
         if sel.exact_budget:
-            drop = add = hit & (count > 0) & (count < sel.L)
+            drop = add = can_swap
         else:
             # one of swap / add / drop, drawn uniformly; a move the row does not allow falls back to
             # the first allowed one in the order swap, add, drop
-            kind = random_state.integers(3, size=hit.shape)
-            can_swap, can_add, can_drop = (count > 0) & (count < sel.L), count < sel.budgets, count > 0
-            swap = hit & (kind == 0) & can_swap
-            only_add = hit & (kind == 1) & can_add
-            only_drop = hit & (kind == 2) & can_drop
-            rest = hit & ~(swap | only_add | only_drop)
+            kind = random_state.integers(3, size=count.shape)
+            can_add, can_drop = count < sel.budgets[k_idx], count > 0
+            swap = (kind == 0) & can_swap
+            only_add = (kind == 1) & can_add
+            only_drop = (kind == 2) & can_drop
+            rest = ~(swap | only_add | only_drop)
             swap |= rest & can_swap
             only_add |= rest & ~can_swap & can_add
             only_drop |= rest & ~can_swap & ~can_add & can_drop
             drop, add = swap | only_drop, swap | only_add
-        p_idx, k_idx = np.nonzero(drop)
-        masks[p_idx, k_idx, on[p_idx, k_idx]] = False
-        p_idx, k_idx = np.nonzero(add)
-        masks[p_idx, k_idx, off[p_idx, k_idx]] = True
+        masks[p_idx[drop], k_idx[drop], on[drop]] = False
+        masks[p_idx[add], k_idx[add], off[add]] = True
         return _flat(masks)
 
 
@@ -235,3 +287,26 @@ class BudgetRepair(Repair):
         sel = _selection(problem)
         rng = random_state if random_state is not None else np.random.default_rng(0)
         return _flat(repair(X.reshape(-1, sel.K, sel.L), sel, rng))
+
+
+class PlanDuplicateElimination(DuplicateElimination):
+    """Exact duplicate elimination for binary plans by hashing their packed bits.
+
+    pymoo's default compares all pairs by Euclidean distance, $O(P^2 K L)$ per generation; hashing the
+    packed rows is $O(P K L)$ and exact for 0/1 vectors.
+    """
+
+    @staticmethod
+    def _keys(pop) -> list[bytes]:
+        X = np.atleast_2d(pop.get("X")).astype(bool)  # noqa: N806
+        packed = np.packbits(X, axis=1)
+        return [row.tobytes() for row in packed]
+
+    def _do(self, pop, other, is_duplicate):
+        seen = set() if other is None else set(self._keys(other))
+        for i, key in enumerate(self._keys(pop)):
+            if key in seen:
+                is_duplicate[i] = True
+            elif other is None:
+                seen.add(key)
+        return is_duplicate

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from pymoo.core.problem import Problem
 
-__all__ = ["SelectionProblem", "SelectionPymooProblem", "decode_keys"]
+__all__ = ["ENCODINGS", "SelectionProblem", "SelectionPymooProblem", "decode_keys"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,6 +157,10 @@ def decode_keys(keys: np.ndarray, problem: SelectionProblem) -> np.ndarray:
     return masks
 
 
+#: Encodings of a plan as a pymoo decision vector.
+ENCODINGS = ("binary", "keys")
+
+
 class SelectionPymooProblem(Problem):
     r"""A :class:`SelectionProblem` as a vectorized pymoo ``Problem``.
 
@@ -174,24 +178,31 @@ class SelectionPymooProblem(Problem):
         selection: the problem data.
         tradeoff: ``None`` for two objectives, else the scalarization weight $t \ge 0$.
         encoding: ``"binary"`` or ``"keys"``.
+        target_tradeoff: for a two-objective problem, the tradeoff its final plan will be picked with
+            (``None``: the knee); solvers may use it to aim their search, the objectives ignore it.
 
     Attributes:
         selection: the :class:`SelectionProblem`.
         tradeoff: the scalarization weight, or ``None``.
         encoding: the encoding name.
+        target_tradeoff: see above.
     """
 
     def __init__(
-        self, selection: SelectionProblem, tradeoff: float | None = None, encoding: str = "binary"
+        self,
+        selection: SelectionProblem,
+        tradeoff: float | None = None,
+        encoding: str = "binary",
+        target_tradeoff: float | None = None,
     ) -> None:
-        if encoding not in ("binary", "keys"):
-            raise ValueError(f"encoding={encoding!r} is not valid; use 'binary' or 'keys'.")
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding={encoding!r} is not valid; use one of {ENCODINGS}.")
         self.selection = selection
         self.tradeoff = None if tradeoff is None else float(tradeoff)
         self.encoding = encoding
-        n_var = selection.K * selection.L
+        self.target_tradeoff = None if target_tradeoff is None else float(target_tradeoff)
         super().__init__(
-            n_var=n_var,
+            n_var=selection.K * selection.L,
             n_obj=2 if tradeoff is None else 1,
             xl=0.0,
             xu=1.0,

@@ -136,7 +136,8 @@ def register_solver(
             replaces it.
         multi_objective: ``True`` when the algorithm is multi-objective (e.g. NSGA-II): it then gets the
             two-objective problem and the plan is picked from its final non-dominated set.
-        encoding: ``"binary"`` (``x`` is the flattened plan) or ``"keys"`` (continuous random keys).
+        encoding: ``"binary"`` (``x`` is the flattened plan) or ``"keys"`` (continuous random keys, one
+            per client and layer); see :class:`~f3ocus.selection.problem.SelectionPymooProblem`.
         **meta: free-form metadata stored on the :class:`SolverSpec`.
 
     Returns:

@@ -1,0 +1,220 @@
+"""``select_layers``: clients' layer scores in, a budget-keeping plan out."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from typing import Any
+
+import numpy as np
+from pymoo.core.algorithm import Algorithm
+from pymoo.optimize import minimize
+
+from f3ocus._checks import check_positive_float, describe
+from f3ocus.selection.assignment import LayerAssignment, ParetoFront
+from f3ocus.selection.decision import knee_tradeoff, pick
+from f3ocus.selection.inputs import as_budgets, as_score_matrix, normalize_scores
+from f3ocus.selection.operators import repair
+from f3ocus.selection.problem import SelectionProblem, SelectionPymooProblem
+from f3ocus.selection.reference import pareto_mask
+from f3ocus.selection.solvers import SolverOutput, SolverSpec, get_solver
+
+__all__ = ["select_layers", "solve_problem"]
+
+
+def _check_seed(seed: Any) -> int:
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (2**63))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be None or an int >= 0, got {describe(seed)}.")
+    if seed < 0:
+        raise ValueError(f"seed must be None or an int >= 0, got {seed}.")
+    return int(seed)
+
+
+def _run_pymoo(
+    spec: SolverSpec, selection: SelectionProblem, tradeoff: float | None, rng: np.random.Generator,
+    options: dict[str, Any],
+) -> SolverOutput:
+    termination = options.pop("termination", None)
+    if spec.multi_objective:
+        problem = SelectionPymooProblem(selection, None, spec.encoding, target_tradeoff=tradeoff)
+    else:
+        problem = SelectionPymooProblem(selection, tradeoff, spec.encoding)
+    algorithm = spec.factory(problem, **options)
+    if not isinstance(algorithm, Algorithm):
+        raise TypeError(
+            f"the factory registered as solver={spec.name!r} returned {describe(algorithm)}; a solver factory "
+            "must return a pymoo.core.algorithm.Algorithm (e.g. GA(...), NSGA2(...))."
+        )
+    res = minimize(problem, algorithm, termination, seed=int(rng.integers(2**31 - 1)), verbose=False)
+    parts = [p for p in (res.pop, res.opt) if p is not None and len(p)]
+    X = np.concatenate([np.atleast_2d(p.get("X")) for p in parts])  # noqa: N806
+    masks = repair(problem.decode(X), selection, rng)
+    algo = res.algorithm
+    extra: dict[str, Any] = {}
+    param = inspect.signature(spec.factory).parameters.get("smart_start")
+    if param is not None:
+        extra["smart_start"] = bool(options.get("smart_start", param.default))
+    return SolverOutput(
+        masks, evaluations=int(algo.evaluator.n_eval), generations=int(algo.n_gen or 0), extra=extra
+    )
+
+
+def solve_problem(
+    selection: SelectionProblem,
+    *,
+    solver: str = "nsga2",
+    tradeoff: float | None = None,
+    seed: int | None = None,
+    certify: bool = False,
+    **solver_options: Any,
+) -> LayerAssignment:
+    """:func:`select_layers` on an already normalized :class:`SelectionProblem`.
+
+    Same arguments as :func:`select_layers` after its input checks (``scores``, ``budget``,
+    ``normalize``, ``exact_budget`` are the problem's).
+    """
+    spec = get_solver(solver)
+    if tradeoff is not None:
+        tradeoff = check_positive_float("tradeoff", tradeoff, allow_zero=True)
+    seed = _check_seed(seed)
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    used, default_used = tradeoff, False
+    if tradeoff is None and not spec.multi_objective and spec.kind == "pymoo":
+        used, default_used = knee_tradeoff(selection), True
+    options = dict(solver_options)
+    if spec.kind == "pymoo":
+        out = _run_pymoo(spec, selection, used, rng, options)
+    else:
+        out = spec.factory(selection, tradeoff=used, rng=rng, **options)
+    seconds = time.perf_counter() - start
+
+    masks = np.unique(np.asarray(out.masks, dtype=bool).reshape(-1, selection.K, selection.L), axis=0)
+    if not np.all(selection.is_feasible(masks)):  # a bug in a solver, never the user's input
+        raise RuntimeError(f"solver {spec.name!r} returned a plan that breaks the budgets.")
+    imp, div = selection.importance(masks), selection.diversity(masks)
+    front = None
+    if spec.multi_objective:
+        nd = np.flatnonzero(pareto_mask(np.column_stack([-imp, div])))
+        nd = nd[np.argsort(-imp[nd], kind="stable")]
+        front = ParetoFront(masks[nd], imp[nd], div[nd])
+        best = int(nd[pick(imp[nd], div[nd], tradeoff)])
+    else:
+        best = pick(imp, div, used)
+
+    stats: dict[str, Any] = {
+        "solver": spec.name,
+        "multi_objective": spec.multi_objective,
+        "evaluations": out.evaluations,
+        "generations": out.generations,
+        "seconds": seconds,
+        "seed": seed,
+        "exact_budget": selection.exact_budget,
+    }
+    if default_used:
+        stats["default_tradeoff"] = used
+    stats.update(out.extra)
+    if certify:
+        from f3ocus.selection.exact import exact_optimum
+
+        t_cert = used if used is not None else knee_tradeoff(selection)
+        optimum = float(selection.scalarized(exact_optimum(selection, t_cert), t_cert))
+        value = float(selection.scalarized(masks[best], t_cert))
+        stats.update(
+            certify_tradeoff=t_cert,
+            scalarized=value,
+            exact_scalarized=optimum,
+            gap=(optimum - value) / max(abs(optimum), 1e-300) if optimum != value else 0.0,
+        )
+    elif used is not None:
+        stats["scalarized"] = float(selection.scalarized(masks[best], used))
+    return LayerAssignment(
+        mask=masks[best],
+        importance=float(imp[best]),
+        diversity=float(div[best]),
+        budgets=selection.budgets,
+        layer_names=selection.layer_names,
+        tradeoff=tradeoff,
+        front=front,
+        stats=stats,
+    )
+
+
+def select_layers(
+    scores: Any,
+    budget: Any,
+    *,
+    solver: str = "nsga2",
+    tradeoff: float | None = None,
+    normalize: str = "sum",
+    seed: int | None = None,
+    exact_budget: bool = True,
+    certify: bool = False,
+    **solver_options: Any,
+) -> LayerAssignment:
+    r"""Decide which layers each client trains (F³OCUS server step, Saha et al., CVPR 2025).
+
+    The plan $m \in \{0,1\}^{K\times L}$ trades importance $\sum_{kl} m_{kl} S_{kl}$ (maximize) against
+    diversity $\frac{1}{L}\sum_l (n_l - \bar n)^2$ (minimize, $n_l$ = clients training layer $l$) under
+    per-client budgets. See the docs page "The problem" for the formulas.
+
+    Args:
+        scores: a ``(K, L)`` array-like of non-negative layer scores (e.g. NTK eigenvalues), or a sequence
+            of ``LayerScores`` / mappings ``layer name -> score``, one per client, aligned by name.
+        budget: layers per client: one int for every client or one int per client, each in ``1..L``.
+        solver: a name from :func:`~f3ocus.selection.solvers.available_solvers` (``"nsga2"``, ``"ga"``,
+            ``"pso"``, ``"de"``, ``"sa"``, ``"abc"``, ``"aco"``, ``"mopso"``, ``"exact"``, ``"topk"``,
+            ``"random"``) or one registered with ``@register_solver``.
+        tradeoff: ``None``: multi-objective solvers return the knee of their front, single-objective ones
+            optimize at the knee tradeoff $t^\star$ of the exact front (:func:`~f3ocus.selection.decision.knee_tradeoff`).
+            A number $t \ge 0$: every solver returns the plan maximizing importance $- t\cdot$diversity.
+        normalize: client normalization, ``"sum"`` (the paper's), ``"max"``, ``"rank"`` or ``"none"``.
+        seed: makes the run reproducible; ``None`` draws one (recorded in ``stats["seed"]``).
+        exact_budget: each client trains exactly ``budget[k]`` layers (default) or at most that many.
+        certify: also solve exactly and report ``stats["gap"]``, the relative gap of the returned plan's
+            importance $- t\cdot$diversity to the exact optimum (at $t^\star$ when ``tradeoff=None``).
+        **solver_options: passed to the solver (e.g. ``pop_size``, ``n_gen``), and ``termination`` to
+            ``pymoo.optimize.minimize`` for pymoo solvers.
+
+    Returns:
+        A :class:`~f3ocus.selection.assignment.LayerAssignment`.
+
+    Raises:
+        TypeError, ValueError: an argument is malformed; the message names it.
+
+    Example:
+        >>> import numpy as np
+        >>> scores = np.array([[4.0, 1.0, 1.0], [3.0, 2.0, 1.0], [5.0, 1.0, 4.0]])
+        >>> plan = select_layers(scores, 1, solver="exact", tradeoff=0.0)
+        >>> plan.layers
+        [[0], [0], [0]]
+        >>> select_layers(scores, 1, solver="exact", tradeoff=10.0).counts.tolist()
+        [1, 1, 1]
+    """
+    raw, names = as_score_matrix(scores)
+    if not isinstance(exact_budget, (bool, np.bool_)):
+        raise TypeError(f"exact_budget must be True or False, got {describe(exact_budget)}.")
+    normalized = normalize_scores(raw, normalize)
+    budgets = as_budgets(budget, *raw.shape)
+    if tradeoff is not None:
+        tradeoff = check_positive_float("tradeoff", tradeoff, allow_zero=True)
+        if not math.isfinite(tradeoff):  # pragma: no cover - check_positive_float rejects it
+            raise ValueError(f"tradeoff must be finite, got {tradeoff}.")
+    selection = SelectionProblem(normalized, budgets, bool(exact_budget), names)
+    result = solve_problem(
+        selection, solver=solver, tradeoff=tradeoff, seed=seed, certify=certify, **solver_options
+    )
+    stats = dict(result.stats, normalize=normalize)
+    return LayerAssignment(
+        mask=result.mask,
+        importance=result.importance,
+        diversity=result.diversity,
+        budgets=result.budgets,
+        layer_names=result.layer_names,
+        tradeoff=result.tradeoff,
+        front=result.front,
+        stats=stats,
+    )

@@ -1,0 +1,48 @@
+"""Differential evolution over random keys ("de").
+
+Storn & Price, "Differential evolution - a simple and efficient heuristic for global optimization over
+continuous spaces", J. Global Optimization 1997, through ``pymoo.algorithms.soo.nonconvex.de.DE``
+(DE/rand/1/bin by default). Like :mod:`.pso` it searches random keys $x \\in [0, 1]^{KL}$ decoded by
+:func:`~f3ocus.selection.problem.decode_keys`, maximizes importance - tradeoff * diversity (the knee
+tradeoff when ``tradeoff=None``), and seeds the client-only and greedy plans into its initial
+population with ``smart_start=True`` (the default, reported in ``stats["smart_start"]``).
+"""
+
+from __future__ import annotations
+
+from pymoo.algorithms.soo.nonconvex.de import DE
+
+from f3ocus.selection.problem import SelectionPymooProblem
+from f3ocus.selection.solvers import register_solver
+from f3ocus.selection.solvers.pso import initial_keys
+
+__all__ = ["de"]
+
+
+@register_solver("de", encoding="keys", paper="Storn & Price 1997")
+def de(
+    problem: SelectionPymooProblem,
+    *,
+    pop_size: int = 50,
+    n_gen: int = 100,
+    variant: str = "DE/rand/1/bin",
+    CR: float = 0.3,  # noqa: N803 - the literature's name
+    F: float = 0.5,  # noqa: N803 - the literature's name
+    smart_start: bool = True,
+) -> DE:
+    """DE factory.
+
+    Args:
+        problem: the single-objective selection problem with the ``"keys"`` encoding.
+        pop_size: population size.
+        n_gen: generations (the termination).
+        variant: pymoo's DE variant string.
+        CR: crossover rate.
+        F: differential weight.
+        smart_start: seed the client-only and greedy plans into the initial population.
+    """
+    algorithm = DE(
+        pop_size=pop_size, variant=variant, CR=CR, F=F, sampling=initial_keys(problem, pop_size, smart_start)
+    )
+    algorithm.termination = ("n_gen", n_gen)  # pymoo's constructor overwrites a termination argument
+    return algorithm
