@@ -19,6 +19,7 @@ For every solver in ``available_solvers()`` and every $K \in \{10, 50, 200\}$, $
   front spans $[0,1]^2$) and the reference point is $(1.1, 1.1)$. Points beyond it add nothing. A front
   equal to the exact supported front has ratio 1 (the non-supported points between its vertices can push a
   front slightly above 1);
+- the variant ``mopso:polish=False`` shows MOPSO without its final local improvement pass;
 - ``seconds``: the solver's wall time (``stats["seconds"]``, the exact reference excluded), and
   ``cpu_seconds``: the process CPU time of the ``select_layers`` call (all threads), the steadier number
   on a shared machine.
@@ -34,6 +35,7 @@ seeds.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -113,6 +115,16 @@ class FrontNormalizer:
         return float(HV(ref_point=REF_POINT)(F))
 
 
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """``"mopso:polish=False,n_gen=50"`` -> ``("mopso", {"polish": False, "n_gen": 50})``."""
+    name, _, opts = spec.partition(":")
+    options = {}
+    for item in filter(None, opts.split(",")):
+        key, _, value = item.partition("=")
+        options[key] = ast.literal_eval(value)
+    return name, options
+
+
 def bench_solvers(sizes, taus, seeds, solvers, log) -> list[dict]:
     rows = []
     for (K, L), seed in ((kl, s) for kl in sizes for s in seeds):  # noqa: N806
@@ -127,7 +139,8 @@ def bench_solvers(sizes, taus, seeds, solvers, log) -> list[dict]:
             optimum = float(sel.scalarized(exact_optimum(sel, t), t))
             for name in solvers:
                 cpu = time.process_time()
-                plan = select_layers(raw, budgets, solver=name, tradeoff=t, seed=seed)
+                solver, options = parse_variant(name)
+                plan = select_layers(raw, budgets, solver=solver, tradeoff=t, seed=seed, **options)
                 cpu = time.process_time() - cpu
                 value = float(sel.scalarized(plan.mask, t))
                 if plan.front is not None:
@@ -188,11 +201,17 @@ def bench_exact(sizes, taus, seed, log) -> list[dict]:
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: K=10, L=24, one tradeoff")
-    parser.add_argument("--solvers", nargs="*", default=None, help="default: every available solver")
+    parser.add_argument(
+        "--solvers",
+        nargs="*",
+        default=None,
+        help="solver names, or variants 'name:option=value,...'; default: every available solver and "
+        "'mopso:polish=False' (MOPSO without its final local improvement pass)",
+    )
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    solvers = args.solvers or available_solvers()
+    solvers = args.solvers or [*available_solvers(), "mopso:polish=False"]
     if args.quick:
         sizes, taus, exact_sizes = [(10, 24)], [1.0], [(10, 24), (200, 48)]
     else:
