@@ -14,6 +14,10 @@ Use :func:`build` (which skips a case whose optional dependency is missing) and 
         ref = ntk_layer_importance(case.model, case.batch, method="dense", **case.kwargs)
 
 Models are tiny (N·M at most a few dozen) so that the dense reference and brute-force loops are fast.
+Cases that stress a method: ``vit_sdpa``/``torch_transformer``/``hf_bert`` (fused SDPA: no forward-mode
+AD), ``hf_bert`` (HF masking branches on mask values: no ``vmap`` over samples), ``weight_sharing`` and
+``tied_weights`` (one parameter used twice), ``cnn_groupnorm_batchnorm`` (BatchNorm scored in eval
+mode), ``frozen_inside_layer``, ``lora`` (only adapters trainable), ``embedding`` (integer inputs).
 Weights come from a forked global RNG, so building a case does not change the caller's RNG state.
 """
 

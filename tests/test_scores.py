@@ -117,6 +117,8 @@ def test_errors():
         LayerScores({0: 1.0})
     with pytest.raises(ValueError, match=r"num_params must have the same layer names as scores; missing \['b'\]"):
         LayerScores({"a": 1.0, "b": 2.0}, {"a": 1})
+    with pytest.raises(ValueError, match=r"num_params\['a'\] must be a non-negative int, got -3"):
+        LayerScores({"a": 1.0}, {"a": -3})
     with pytest.raises(ValueError, match=r"stats must be JSON-serializable"):
         LayerScores({"a": 1.0}, stats={"t": object()})
     with pytest.raises(ValueError, match=r"kind='l1' is not a valid choice.*'sum', 'max', 'rank', 'none'"):

@@ -64,6 +64,9 @@ class LayerScores(Mapping[str, float]):
                     "num_params must have the same layer names as scores; "
                     f"missing {sorted(set(clean) - set(num_params))}, extra {sorted(set(num_params) - set(clean))}."
                 )
+            bad = [k for k, v in num_params.items() if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0]
+            if bad:
+                raise ValueError(f"num_params[{bad[0]!r}] must be a non-negative int, got {num_params[bad[0]]!r}.")
             counts = {k: int(num_params[k]) for k in clean}
         stats = dict(stats or {})
         try:
