@@ -30,6 +30,7 @@ seeds.
 
     python benchmarks/bench_select.py            # the full table (tens of minutes on 2 cores)
     python benchmarks/bench_select.py --quick    # smoke run (K=10, L=24, one tradeoff)
+    python benchmarks/bench_select.py --table benchmarks/results/select_cpu.json   # markdown tables
 """
 
 from __future__ import annotations
@@ -198,6 +199,55 @@ def bench_exact(sizes, taus, seed, log) -> list[dict]:
     return rows
 
 
+def render_markdown(result: dict) -> str:
+    """The tables of the docs page from a results JSON: a summary per solver and K, then every cell."""
+    rows = result["solvers"]
+    solvers = list(dict.fromkeys(r["solver"] for r in rows))
+    ks = sorted({r["K"] for r in rows})
+    lines = [
+        "| solver | "
+        + " | ".join(f"worst gap K={k}" for k in ks)
+        + " | "
+        + " | ".join(f"mean s K={k}" for k in ks)
+        + " |",
+        "| --- |" + " ---: |" * (2 * len(ks)),
+    ]
+    for name in solvers:
+        gaps = [max(r["gap"] for r in rows if r["solver"] == name and r["K"] == k) for k in ks]
+        secs = [np.mean([r["seconds"] for r in rows if r["solver"] == name and r["K"] == k]) for k in ks]
+        lines.append(
+            f"| `{name}` | "
+            + " | ".join(f"{g:.2%}" for g in gaps)
+            + " | "
+            + " | ".join(f"{x:.2f}" for x in secs)
+            + " |"
+        )
+    lines += [
+        "",
+        "| K | L | solver | gap τ=0.2 | gap τ=1 | HV / HV* (τ=1) | s (τ=1) | CPU s (τ=1) |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for k, n_layers in sorted({(r["K"], r["L"]) for r in rows}):
+        for name in solvers:
+            cell = {r["tau"]: r for r in rows if r["solver"] == name and r["K"] == k and r["L"] == n_layers}
+            one = cell.get(1.0) or next(iter(cell.values()))
+            gap = " | ".join(f"{cell[t]['gap']:.2%}" if t in cell else "" for t in (0.2, 1.0))
+            lines.append(
+                f"| {k} | {n_layers} | `{name}` | {gap} | {one['hv_ratio']:.3f} | {one['seconds']:.2f} | "
+                f"{one.get('cpu_seconds', float('nan')):.2f} |"
+            )
+    lines += ["", "| K | L | exact s (τ=0.2) | exact s (τ=1) |", "| ---: | ---: | ---: | ---: |"]
+    exact = result["exact"]
+    for k, n_layers in sorted({(r["K"], r["L"]) for r in exact}):
+        secs = {r["tau"]: r["seconds"] for r in exact if r["K"] == k and r["L"] == n_layers}
+        lines.append(
+            f"| {k} | {n_layers} | "
+            + " | ".join(f"{secs[t]:.3f}" if t in secs else "" for t in (0.2, 1.0))
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: K=10, L=24, one tradeoff")
@@ -210,7 +260,13 @@ def main(argv=None) -> Path:
     )
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--table", type=Path, default=None, help="print the markdown tables of a results JSON"
+    )
     args = parser.parse_args(argv)
+    if args.table is not None:
+        print(render_markdown(json.loads(args.table.read_text())), end="")
+        return args.table
     solvers = args.solvers or [*available_solvers(), "mopso:polish=False"]
     if args.quick:
         sizes, taus, exact_sizes = [(10, 24)], [1.0], [(10, 24), (200, 48)]
