@@ -27,7 +27,9 @@ $$
 For the symmetric uniform proposal the ratio is 1 (the Metropolis rule). For the Gibbs proposal it is
 $\exp(-\Delta f / T_i)$ and cancels the Boltzmann factor, so every proposal is accepted: the chain moves
 to a neighbor with probability proportional to its Boltzmann weight, which is why it needs far fewer
-iterations than the uniform proposal on this problem.
+iterations than the uniform proposal on this problem. (Both ratios are exact with exact budgets; with
+``exact_budget=False`` a row with several unused units picks "add" and "drop" with slightly different
+probabilities in the two directions, which the acceptance ignores: harmless for optimization.)
 
 Temperature: geometric cooling $T_i = T_0 (T_1 / T_0)^{i/(n-1)}$ over a schedule of $n$ iterations.
 By default $T_0$ is the standard deviation of the gains of uniform random moves from the initial
