@@ -35,7 +35,7 @@ from f3ocus._checks import check_choice
 from f3ocus.ntk.lanczos import lanczos_max_eig
 from f3ocus.ntk.matfree import LayerKernelOperator
 from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, register_method
-from f3ocus.ntk.persample import per_sample_jacobians
+from f3ocus.ntk.persample import per_sample_jacobian_blocks
 from f3ocus.ntk.problem import NTKProblem
 
 __all__ = [
@@ -57,55 +57,59 @@ def _uses_gram(rows: int, steps: int = EXPECTED_STEPS) -> bool:
 
 
 def jacobian_eigs(
-    jacobians: dict[str, Tensor],
+    jacobians: dict[str, Tensor | list[Tensor]],
     *,
     eig: str = "auto",
     tol: float = 1e-8,
     maxiter: int = 500,
     generator: torch.Generator | None = None,
 ) -> tuple[dict[str, LayerEig], dict[str, str]]:
-    """$\\lambda_{\\max}(J_l J_l^\\top)$ for every stored Jacobian.
+    """$\\lambda_{\\max}(J_l J_l^\top)$ for every stored Jacobian.
 
     Args:
-        jacobians: layer -> $J_l$ ``(n, P_l)``, all with the same ``n``.
-        eig: ``"gram"`` (form $\\Theta_l$, ``eigvalsh``), ``"lanczos"`` (batched Lanczos on
-            $v \\mapsto J_l (J_l^\\top v)$), or ``"auto"`` (per the cost model).
+        jacobians: layer -> $J_l$ ``(n, P_l)``, or a list of column blocks of it, all with the same ``n``.
+        eig: ``"gram"`` (form $\\Theta_l = \\sum_b J_b J_b^\top$, ``eigvalsh``), ``"lanczos"`` (batched
+            Lanczos on $v \\mapsto \\sum_b J_b (J_b^\top v)$), or ``"auto"`` (per the cost model).
         tol, maxiter, generator: Lanczos settings (see :func:`f3ocus.ntk.lanczos.lanczos_max_eig`).
 
     Returns:
         ``(eigs, path)``: a :class:`LayerEig` per layer and the path taken per layer.
     """
     check_choice("eig", eig, ("auto", "gram", "lanczos"))
+    blocks = {
+        k: [b for b in (v if isinstance(v, list) else [v]) if b.shape[1] > 0] for k, v in jacobians.items()
+    }
     eigs: dict[str, LayerEig] = {}
     path: dict[str, str] = {}
     krylov = []
-    for layer, j in jacobians.items():
-        rows = j.shape[0]
+    for layer, parts in blocks.items():
+        rows = parts[0].shape[0] if parts else 0
         use_gram = eig == "gram" or (eig == "auto" and _uses_gram(rows))
-        if j.shape[1] == 0 or not bool(j.any()):
+        if not parts or not any(bool(b.any()) for b in parts):
             eigs[layer], path[layer] = LayerEig(value=0.0), "zero"
         elif use_gram or rows == 1:
-            top = torch.linalg.eigvalsh(j @ j.T)[-1].item()
+            gram = sum(b @ b.T for b in parts)
+            top = torch.linalg.eigvalsh(gram)[-1].item()
             eigs[layer], path[layer] = LayerEig(value=max(top, 0.0)), "gram"
         else:
             krylov.append(layer)
     if krylov:
-        first = jacobians[krylov[0]]
+        first = blocks[krylov[0]][0]
         v0 = torch.randn(
-            len(krylov),
-            first.shape[0],
-            generator=generator,
-            dtype=first.dtype,
-            device=getattr(generator, "device", "cpu"),
+            len(krylov), first.shape[0], generator=generator, dtype=first.dtype, device=_gen_device(generator)
         ).to(first.device)
 
         def matvec(v: Tensor) -> Tensor:
-            return torch.stack([jacobians[k] @ (jacobians[k].T @ v[i]) for i, k in enumerate(krylov)])
+            return torch.stack([sum(b @ (b.T @ v[i]) for b in blocks[k]) for i, k in enumerate(krylov)])
 
         for layer, res in zip(krylov, lanczos_max_eig(matvec, v0, tol=tol, maxiter=maxiter), strict=True):
             eigs[layer] = _layer_eig(res)
             path[layer] = "lanczos"
     return {k: eigs[k] for k in jacobians}, path
+
+
+def _gen_device(generator: torch.Generator | None) -> torch.device | str:
+    return generator.device if generator is not None else "cpu"
 
 
 def _layer_eig(res: Any) -> LayerEig:
@@ -212,7 +216,7 @@ def persample_method(
             if len(groups) == 1
             else dataclasses.replace(problem, layers={k: problem.layers[k] for k in group})
         )
-        jac = per_sample_jacobians(sub, chunk_size=chunk_size, use_hooks=use_hooks, batched=batched)
+        jac = per_sample_jacobian_blocks(sub, chunk_size=chunk_size, use_hooks=use_hooks, batched=batched)
         got, path = jacobian_eigs(jac, eig=eig, tol=tol, maxiter=maxiter, generator=generator)
         del jac
         eigs.update(got)
@@ -252,7 +256,7 @@ def lanczos_method(
         chunk_size = max(1, min(layers, int(max_memory // max(per_layer, 1))))
     op = LayerKernelOperator(problem, chunk_size=chunk_size, mode=mode)
     v0 = torch.randn(
-        layers, op.size, generator=generator, dtype=problem.dtype, device=getattr(generator, "device", "cpu")
+        layers, op.size, generator=generator, dtype=problem.dtype, device=_gen_device(generator)
     ).to(problem.device)
     results = lanczos_max_eig(op, v0, tol=tol, maxiter=maxiter)
     return MethodResult(

@@ -38,7 +38,7 @@ from f3ocus.ntk.grad_samplers import GradSampler, get_grad_sampler
 from f3ocus.ntk.problem import NTKProblem
 from f3ocus.ntk.taps import ParameterTaps
 
-__all__ = ["JacobianPlan", "jacobian_plan", "per_sample_jacobians"]
+__all__ = ["JacobianPlan", "jacobian_plan", "per_sample_jacobian_blocks", "per_sample_jacobians"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,21 @@ def per_sample_jacobians(
         Layer name -> $J_l$, in ``problem.layers`` order, rows sample-major (``n*M + m``), columns in
         the order of the layer's parameters, each flattened row-major (as in the dense reference).
     """
+    blocks = per_sample_jacobian_blocks(problem, chunk_size=chunk_size, use_hooks=use_hooks, batched=batched)
+    return {layer: torch.cat(parts, dim=1) for layer, parts in blocks.items()}
+
+
+def per_sample_jacobian_blocks(
+    problem: NTKProblem,
+    *,
+    chunk_size: int | None = None,
+    use_hooks: bool = True,
+    batched: bool = True,
+) -> dict[str, list[Tensor]]:
+    """Like :func:`per_sample_jacobians`, without concatenating: layer -> one ``(N·M, numel)`` block per parameter.
+
+    $\\Theta_l = \\sum_p J_p J_p^\top$ over the blocks, so nothing is copied into one big matrix.
+    """
     plan = jacobian_plan(problem, use_hooks=use_hooks)
     params = problem.layer_params()
     n, m = problem.num_samples, problem.num_outputs
@@ -127,8 +142,7 @@ def per_sample_jacobians(
     if rest:
         rows.update(_fallback_rows(problem, rest, params, chunk_size=chunk_size))
     return {
-        layer: torch.cat([rows[name].reshape(n * m, -1) for name in names], dim=1)
-        for layer, names in problem.layers.items()
+        layer: [rows[name].reshape(n * m, -1) for name in names] for layer, names in problem.layers.items()
     }
 
 
