@@ -162,7 +162,7 @@ class MOPSO(Algorithm):
         a, b = int(np.argmax(imp)), int(np.argmin(div))
         slope = (imp[a] - imp[b]) / (div[a] - div[b]) if div[a] > div[b] and imp[a] > imp[b] else 1.0
         half = self.n_polish // 2
-        grid = [0.0] + [slope * 2.0 ** (j / 2) for j in range(-half, self.n_polish - half)]
+        grid = [0.0] + [float(slope * 2.0 ** (j / 2)) for j in range(-half, self.n_polish - half)]
         starts = np.array([int(np.argmax(imp - t * div)) for t in grid])
         masks = self._masks(self.repository)[starts]
         moves = 0
