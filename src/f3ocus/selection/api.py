@@ -58,7 +58,7 @@ def _run_pymoo(
     if param is not None:
         extra["smart_start"] = bool(options.get("smart_start", param.default))
     return SolverOutput(
-        masks, evaluations=int(algo.evaluator.n_eval), generations=int(algo.n_gen or 0), extra=extra
+        masks, evaluations=int(algo.evaluator.n_eval), generations=max(int(algo.n_gen or 1) - 1, 0), extra=extra
     )
 
 

@@ -190,8 +190,8 @@ def exact_optimum(problem: SelectionProblem, tradeoff: float) -> np.ndarray:
         >>> p = SelectionProblem(np.array([[0.6, 0.4], [0.7, 0.3]]), np.array([1, 1]))
         >>> exact_optimum(p, 0.0).astype(int).tolist()  # each client its best layer
         [[1, 0], [1, 0]]
-        >>> exact_optimum(p, 1.0).astype(int).tolist()  # a balanced plan: 0.6 + 0.3 - 0 > 1.3 - 1.0
-        [[1, 0], [0, 1]]
+        >>> exact_optimum(p, 1.0).astype(int).tolist()  # balanced: 0.4 + 0.7 - 0 > 1.3 - 1.0 * 1
+        [[0, 1], [1, 0]]
     """
     tradeoff = float(tradeoff)
     if tradeoff < 0 or not math.isfinite(tradeoff):

@@ -10,8 +10,8 @@ Example:
     >>> p = SelectionProblem(np.array([[0.6, 0.4], [0.7, 0.3]]), np.array([1, 1]))
     >>> count_plans(p)
     4
-    >>> brute_force_optimum(p, 1.0).astype(int).tolist()
-    [[1, 0], [0, 1]]
+    >>> brute_force_optimum(p, 1.0).astype(int).tolist()  # 0.4 + 0.7 beats 1.3 - 1.0 * 1
+    [[0, 1], [1, 0]]
 """
 
 from __future__ import annotations

@@ -1,0 +1,52 @@
+"""Shared selection instances and hypothesis strategies for the selection tests.
+
+``tiny_problems()`` draws problems small enough to enumerate every plan (at most a few thousand), with
+heavy-tailed, tied and zero scores; ``heavy_tailed`` builds the seeded lognormal instances of the
+quality checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from f3ocus.selection.problem import SelectionProblem
+
+__all__ = ["heavy_tailed", "instance", "tiny_problems", "tradeoffs"]
+
+
+def heavy_tailed(K: int, L: int, seed: int, sigma: float = 2.0, rho: float = 0.5):  # noqa: N803
+    """Raw lognormal scores with a shared layer effect (clients' top layers pile up) and budgets in 2..6."""
+    rng = np.random.default_rng(seed)
+    log_scores = sigma * (np.sqrt(rho) * rng.standard_normal(L) + np.sqrt(1 - rho) * rng.standard_normal((K, L)))
+    budgets = rng.integers(min(2, L), min(6, L) + 1, size=K)
+    return np.exp(log_scores), budgets
+
+
+def instance(K: int, L: int, seed: int, exact_budget: bool = True) -> SelectionProblem:  # noqa: N803
+    """A normalized heavy-tailed :class:`SelectionProblem`."""
+    raw, budgets = heavy_tailed(K, L, seed)
+    budgets = np.minimum(budgets, L)
+    return SelectionProblem(raw / raw.sum(axis=1, keepdims=True), budgets, exact_budget)
+
+
+@st.composite
+def tiny_problems(draw, exact_budget=None, max_k: int = 3, max_l: int = 5) -> SelectionProblem:
+    """Problems with K <= 3 and L <= 5: lognormal, rounded (ties) or partly zero scores."""
+    K = draw(st.integers(1, max_k))  # noqa: N806
+    L = draw(st.integers(1, max_l))  # noqa: N806
+    seed = draw(st.integers(0, 2**32 - 1))
+    kind = draw(st.sampled_from(["lognormal", "ties", "zeros"]))
+    rng = np.random.default_rng(seed)
+    S = rng.lognormal(0.0, 2.0, (K, L))  # noqa: N806
+    if kind == "ties":
+        S = np.round(S / S.sum(axis=1, keepdims=True) * 3) / 3  # noqa: N806
+    elif kind == "zeros":
+        S = S * (rng.random((K, L)) < 0.6)  # noqa: N806
+    S = S / max(S.sum(axis=1).max(), 1e-12)  # noqa: N806
+    budgets = np.array([draw(st.integers(1, L)) for _ in range(K)])
+    exact = draw(st.booleans()) if exact_budget is None else exact_budget
+    return SelectionProblem(S, budgets, exact)
+
+
+tradeoffs = st.sampled_from([0.0, 0.01, 0.1, 0.5, 1.0, 3.0, 30.0])
