@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from cases import tiny_problems
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymoo.core.population import Population
 
+from cases import tiny_problems
 from f3ocus.selection.operators import (
     BudgetCrossover,
     BudgetMutation,

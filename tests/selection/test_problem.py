@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import instance
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cases import instance
 from f3ocus.selection.operators import random_plan
 from f3ocus.selection.problem import SelectionProblem, SelectionPymooProblem, decode_keys
 

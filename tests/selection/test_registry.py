@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import heavy_tailed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymoo.algorithms.soo.nonconvex.ga import GA
@@ -13,7 +12,14 @@ from pymoo.operators.mutation.bitflip import BitflipMutation
 from pymoo.operators.sampling.rnd import BinaryRandomSampling
 
 import f3ocus
-from f3ocus.selection.solvers import BUILTIN_SOLVERS, available_solvers, get_solver, register_solver, unregister_solver
+from cases import heavy_tailed
+from f3ocus.selection.solvers import (
+    BUILTIN_SOLVERS,
+    available_solvers,
+    get_solver,
+    register_solver,
+    unregister_solver,
+)
 
 # small, fast settings per solver; solvers not listed run with their defaults
 FAST = {
