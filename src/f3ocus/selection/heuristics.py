@@ -51,16 +51,21 @@ def reference_tradeoff(problem: SelectionProblem) -> float:
 
 
 def smart_starts(problem: SelectionProblem, tradeoff: float | None, n_grid: int = 8) -> np.ndarray:
-    """The client-only plan and greedy plans: at ``tradeoff``, or along a grid when it is ``None``.
+    r"""The client-only plan and greedy plans around ``tradeoff``, or along a grid when it is ``None``.
 
-    The grid is ``reference_tradeoff(problem) * 2**-j`` for ``j = 0..n_grid-1``. Returns ``(P, K, L)``.
+    Greedy plans for a tradeoff $t$ are built at $t \cdot 2^{j/2}$, $j = -2..2$ (the greedy is myopic,
+    and a slightly different weight often ends nearer the optimum at $t$); without a tradeoff the grid is
+    ``reference_tradeoff(problem) * 2**-j`` for ``j = 0..n_grid-1``. Duplicates are dropped.
+    Returns ``(P, K, L)``.
     """
     top = top_b_plan(problem)
     if not problem.exact_budget:
         top &= problem.scores > 0
     if tradeoff is not None:
-        ts = [float(tradeoff)]
+        ts = [float(tradeoff) * 2.0 ** (j / 2) for j in (0, -1, 1, -2, 2)]
     else:
         ref = reference_tradeoff(problem)
         ts = [ref * 2.0**-j for j in range(n_grid)]
-    return np.stack([top] + [greedy_plan(problem, t) for t in ts if t > 0])
+    plans = np.stack([top] + [greedy_plan(problem, t) for t in ts if t > 0])
+    _, first = np.unique(plans.reshape(len(plans), -1), axis=0, return_index=True)
+    return plans[np.sort(first)]

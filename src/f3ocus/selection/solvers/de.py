@@ -2,7 +2,7 @@
 
 Storn & Price, "Differential evolution - a simple and efficient heuristic for global optimization over
 continuous spaces", J. Global Optimization 1997, through ``pymoo.algorithms.soo.nonconvex.de.DE``
-(DE/rand/1/bin by default). Like :mod:`.pso` it searches random keys $x \\in [0, 1]^{KL}$ decoded by
+(DE/best/1/bin with a low crossover rate by default: each trial changes few keys). Like :mod:`.pso` it searches random keys $x \\in [0, 1]^{KL}$ decoded by
 :func:`~f3ocus.selection.problem.decode_keys`, maximizes importance - tradeoff * diversity (the knee
 tradeoff when ``tradeoff=None``), and seeds the client-only and greedy plans into its initial
 population with ``smart_start=True`` (the default, reported in ``stats["smart_start"]``).
@@ -23,11 +23,11 @@ __all__ = ["de"]
 def de(
     problem: SelectionPymooProblem,
     *,
-    pop_size: int = 50,
-    n_gen: int = 100,
-    variant: str = "DE/rand/1/bin",
-    CR: float = 0.3,  # noqa: N803 - the literature's name
-    F: float = 0.5,  # noqa: N803 - the literature's name
+    pop_size: int = 40,
+    n_gen: int = 200,
+    variant: str = "DE/best/1/bin",
+    CR: float = 0.1,  # noqa: N803 - the literature's name
+    F: float = 0.8,  # noqa: N803 - the literature's name
     smart_start: bool = True,
 ) -> DE:
     """DE factory.

@@ -1,7 +1,7 @@
 """Particle swarm optimization over random keys ("pso").
 
 Kennedy & Eberhart, "Particle swarm optimization", ICNN 1995, through
-``pymoo.algorithms.soo.nonconvex.pso.PSO`` (adaptive inertia and acceleration). PSO is continuous: a
+``pymoo.algorithms.soo.nonconvex.pso.PSO`` (fixed inertia and acceleration, zero initial velocity). PSO is continuous: a
 particle is a vector of random keys $x \\in [0, 1]^{KL}$ and is decoded to a plan by
 :func:`~f3ocus.selection.problem.decode_keys` (each client trains the layers with its $b_k$ largest
 keys; Bean, ORSA J. Computing 1994). It maximizes importance - tradeoff * diversity (the knee tradeoff
@@ -25,30 +25,57 @@ __all__ = ["initial_keys", "pso"]
 
 
 def initial_keys(problem: SelectionPymooProblem, pop_size: int, smart_start: bool) -> np.ndarray:
-    """``(pop_size, K*L)`` initial keys: smart starts first (if asked), then uniform keys.
+    r"""``(pop_size, K*L)`` initial keys.
 
-    The uniform keys come from a generator seeded by the problem data, so the draw is reproducible;
-    pymoo's own generator (seeded by ``select_layers``) drives the search itself.
+    Without a smart start the keys are uniform in $[0, 1]$. With one, particle $i$ encodes start plan
+    $m$ number $i \bmod S$ as keys $0.5 + \delta(2m - 1)$ plus Gaussian noise of scale $\delta/3$
+    ($\delta = 0.05$; the first $S$ particles get no noise): trained layers sit just above untrained
+    ones, so small moves of the swarm flip a few of them (swaps within a client) instead of jumping to
+    an unrelated plan. The noise comes from a generator seeded by the problem data, so the draw is
+    reproducible; pymoo's own generator (seeded by ``select_layers``) drives the search itself.
     """
     sel = problem.selection
     rng = np.random.default_rng(np.frombuffer(sel.scores.tobytes(), dtype=np.uint32)[:64].tolist())
-    X = rng.random((pop_size, sel.K * sel.L))  # noqa: N806
-    if smart_start:
-        starts = smart_starts(sel, problem.tradeoff)[:pop_size]
-        X[: len(starts)] = 0.25 + 0.5 * starts.reshape(len(starts), -1)
-    return X
+    if not smart_start:
+        return rng.random((pop_size, sel.K * sel.L))
+    starts = smart_starts(sel, problem.tradeoff).reshape(-1, sel.K * sel.L)
+    delta = 0.05
+    base = 0.5 + delta * (2.0 * starts[np.arange(pop_size) % len(starts)] - 1.0)
+    noise = rng.normal(0.0, delta / 3.0, base.shape)
+    noise[: len(starts)] = 0.0
+    return np.clip(base + noise, 0.0, 1.0)
 
 
 @register_solver("pso", encoding="keys", paper="Kennedy & Eberhart 1995")
-def pso(problem: SelectionPymooProblem, *, pop_size: int = 30, n_gen: int = 50, smart_start: bool = True) -> PSO:
-    """PSO factory.
+def pso(
+    problem: SelectionPymooProblem,
+    *,
+    pop_size: int = 40,
+    n_gen: int = 200,
+    w: float = 0.5,
+    c1: float = 2.0,
+    c2: float = 2.0,
+    smart_start: bool = True,
+) -> PSO:
+    """PSO factory (fixed inertia and acceleration, particles start at rest).
 
     Args:
         problem: the single-objective selection problem with the ``"keys"`` encoding.
         pop_size: swarm size.
         n_gen: iterations (the termination).
-        smart_start: seed the client-only and greedy plans into the initial swarm.
+        w: inertia weight.
+        c1: cognitive (own best) acceleration.
+        c2: social (swarm best) acceleration.
+        smart_start: start the swarm around the client-only and greedy plans (:func:`initial_keys`).
     """
-    algorithm = PSO(pop_size=pop_size, sampling=initial_keys(problem, pop_size, smart_start))
+    algorithm = PSO(
+        pop_size=pop_size,
+        sampling=initial_keys(problem, pop_size, smart_start),
+        w=w,
+        c1=c1,
+        c2=c2,
+        adaptive=False,
+        initial_velocity="zero",
+    )
     algorithm.termination = ("n_gen", n_gen)  # pymoo's constructor overwrites a termination argument
     return algorithm
