@@ -271,6 +271,7 @@ def test_mopso_front_is_non_dominated_and_polish_is_reported():
         (lambda: SimulatedAnnealing(t_start=-1.0), r"t_start must be a finite number > 0, got -1.0"),
         (lambda: ArtificialBeeColony(move_probs=(0.5, 0.5, 0.5)), r"move_probs must be three probabilities"),
         (lambda: AntColony(rho=2.0), r"need rho in \(0, 1\].*rho=2.0"),
+        (lambda: ArtificialBeeColony(n_moves=0), r"n_moves must lie in \[1, inf\], got 0"),
         (lambda: MOPSO(mutation=1.5), r"mutation is a probability in \[0, 1\], got 1.5"),
     ],
 )

@@ -56,6 +56,8 @@ class ArtificialBeeColony(Algorithm):
         limit: trials before a source is abandoned; ``None`` means ``2 * K``.
         n_cycles: default termination, ``("n_iter", 2 * n_cycles)`` (two pymoo iterations per cycle).
         move_probs: probabilities of the partner move, the best move and the exchange.
+        n_moves: moves per neighbor (each drawn as above, applied in turn); ``None`` means
+            ``max(1, round(K / 50))``, so large colonies of clients still improve in parallel.
         sampling: initial plans (default: uniformly random feasible plans).
         **kwargs: passed to ``pymoo.core.algorithm.Algorithm`` (``termination``, ``seed``, ...).
 
@@ -69,6 +71,7 @@ class ArtificialBeeColony(Algorithm):
         limit: int | None = None,
         n_cycles: int = 1000,
         move_probs: tuple[float, float, float] = (0.4, 0.4, 0.2),
+        n_moves: int | None = None,
         sampling=None,
         output=None,
         **kwargs,
@@ -84,6 +87,7 @@ class ArtificialBeeColony(Algorithm):
                 f"got {move_probs!r}."
             )
         self.move_probs = probs
+        self.n_moves = None if n_moves is None else check_int("n_moves", n_moves, low=1)
         self.sampling = BudgetSampling() if sampling is None else sampling
         self.n_scouts = 0
 
@@ -91,6 +95,7 @@ class ArtificialBeeColony(Algorithm):
         self.tradeoff = require_tradeoff(problem, "abc")
         self.sel = problem.selection
         self._limit = 2 * self.sel.K if self.limit is None else self.limit
+        self._n_moves = max(1, round(self.sel.K / 50)) if self.n_moves is None else self.n_moves
 
     # -- pymoo hooks -------------------------------------------------------------------------------
     def _initialize_infill(self) -> Population:
@@ -110,7 +115,9 @@ class ArtificialBeeColony(Algorithm):
             self._sources = rng.choice(self.n_sources, size=self.n_sources, p=fit / fit.sum())
         masks = self._masks(self.pop)[self._sources]
         partners = (self._sources + rng.integers(1, self.n_sources, size=len(masks))) % self.n_sources
-        X = self._neighbors(masks, self._masks(self.pop)[partners])  # noqa: N806
+        X = masks  # noqa: N806
+        for _ in range(self._n_moves):  # a neighbor is n_moves moves
+            X = self._neighbors(X, self._masks(self.pop)[partners])  # noqa: N806
         return Population.new("X", X.reshape(len(X), -1))
 
     def _advance(self, infills=None, **kwargs) -> None:
