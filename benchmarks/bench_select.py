@@ -19,7 +19,7 @@ For every solver in ``available_solvers()`` and every $K \in \{10, 50, 200\}$, $
   front spans $[0,1]^2$) and the reference point is $(1.1, 1.1)$. Points beyond it add nothing. A front
   equal to the exact supported front has ratio 1 (the non-supported points between its vertices can push a
   front slightly above 1);
-- the variant ``mopso:polish=False`` shows MOPSO without its final local improvement pass;
+- the variant ``mopso:local_search=False`` shows MOPSO without its final local improvement pass;
 - ``seconds``: the solver's wall time (``stats["seconds"]``, the exact reference excluded), and
   ``cpu_seconds``: the process CPU time of the ``select_layers`` call (all threads), the steadier number
   on a shared machine.
@@ -117,7 +117,7 @@ class FrontNormalizer:
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
-    """``"mopso:polish=False,n_gen=50"`` -> ``("mopso", {"polish": False, "n_gen": 50})``."""
+    """``"mopso:local_search=False,n_gen=50"`` -> ``("mopso", {"local_search": False, "n_gen": 50})``."""
     name, _, opts = spec.partition(":")
     options = {}
     for item in filter(None, opts.split(",")):
@@ -256,7 +256,7 @@ def main(argv=None) -> Path:
         nargs="*",
         default=None,
         help="solver names, or variants 'name:option=value,...'; default: every available solver and "
-        "'mopso:polish=False' (MOPSO without its final local improvement pass)",
+        "'mopso:local_search=False' (MOPSO without its final local improvement pass)",
     )
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--out", type=Path, default=None)
@@ -267,7 +267,7 @@ def main(argv=None) -> Path:
     if args.table is not None:
         print(render_markdown(json.loads(args.table.read_text())), end="")
         return args.table
-    solvers = args.solvers or [*available_solvers(), "mopso:polish=False"]
+    solvers = args.solvers or [*available_solvers(), "mopso:local_search=False"]
     if args.quick:
         sizes, taus, exact_sizes = [(10, 24)], [1.0], [(10, 24), (200, 48)]
     else:

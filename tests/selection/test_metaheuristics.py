@@ -163,7 +163,7 @@ def test_select_layers_is_reproducible(solver):
         ("sa", lambda: SimulatedAnnealing(n_chains=4, n_iter=400)),
         ("abc", lambda: ArtificialBeeColony(n_sources=4, n_cycles=100)),
         ("aco", lambda: AntColony(n_ants=4, n_gen=10, local_search=False)),
-        ("mopso", lambda: MOPSO(pop_size=8, n_gen=40, polish=False)),
+        ("mopso", lambda: MOPSO(pop_size=8, n_gen=40, local_search=False)),
     ],
 )
 def test_improves_on_its_initial_population(name, make):
@@ -296,3 +296,15 @@ def test_select_layers_passes_solver_options():
     sel = _instance()
     with pytest.raises(ValueError, match=r"n_iter must lie in \[2, inf\], got 1"):
         select_layers(sel.scores, sel.budgets, solver="sa", tradeoff=0.5, n_iter=1)
+
+
+def test_mopso_also_polishes_at_the_callers_tradeoff():
+    sel = _instance()
+    problem = SelectionPymooProblem(sel)
+    problem.target_tradeoff = 0.37  # set by select_layers when the caller passes a tradeoff
+    res = minimize(problem, MOPSO(pop_size=8, n_gen=10), seed=0)
+    assert res.algorithm.data["polish_tradeoffs"][-1] == 0.37
+    F = res.opt.get("F")  # noqa: N806
+    best = res.opt[int(np.argmin(F[:, 0] + 0.37 * F[:, 1]))].X.astype(bool).reshape(sel.K, sel.L)
+    climbed, moves = polish(sel, 0.37, best)
+    assert moves == 0  # the plan picked at 0.37 is already a local optimum of moves and exchanges

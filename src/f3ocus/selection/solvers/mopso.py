@@ -22,13 +22,14 @@ mutation operator). The personal best is replaced when the new plan dominates it
 and replaced with probability 1/2 otherwise. The archive keeps the non-dominated plans seen so far,
 pruned to ``archive_size`` by dropping the most crowded ones.
 
-**Local improvement pass** (``polish=True``, default). At the end, for tradeoffs $t_j$ on a grid
+**Local improvement pass** (``local_search=True``, default). At the end, for tradeoffs $t_j$ on a grid
 around the slope $t^\star$ between the archive's two ends ($t_j = t^\star 2^{j/2}$, $|j| \le$
-``n_polish // 2``, and $t = 0$), the archive plan that maximizes importance $- t_j\cdot$diversity
+``n_polish // 2``, and $t = 0$), plus the tradeoff the caller will pick with when the problem carries
+one (``problem.target_tradeoff``), the archive plan that maximizes importance $- t_j\cdot$diversity
 climbs to a local optimum of single moves and two-client exchanges
-(:func:`~f3ocus.selection.solvers._moves.polish`); the climbed plans join the archive. The solver never
-sees the tradeoff the caller picks with, so the pass improves the front where any tradeoff would pick.
-``algorithm.data`` reports the archive before and after and the moves the pass made.
+(:func:`~f3ocus.selection.solvers._moves.polish`); the climbed plans join the archive. The grid improves
+the front wherever a tradeoff would pick; the caller's tradeoff makes the plan picked with it a local
+optimum. ``algorithm.data`` reports the archive size before and after and the moves the pass made.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class MOPSO(Algorithm):
         noise: width of the uniform key noise that breaks ties in the decoding.
         mutation: probability that a particle makes one random move per iteration.
         archive_size: largest archive kept during the search.
-        polish: run the final local improvement pass.
+        local_search: run the final local improvement pass.
         n_polish: number of nonzero tradeoffs on the polishing grid.
         **kwargs: passed to ``pymoo.core.algorithm.Algorithm`` (``termination``, ``seed``, ...).
     """
@@ -78,7 +79,7 @@ class MOPSO(Algorithm):
         noise: float = 0.2,
         mutation: float = 0.2,
         archive_size: int = 100,
-        polish: bool = True,
+        local_search: bool = True,
         n_polish: int = 17,
         output=None,
         **kwargs,
@@ -95,7 +96,7 @@ class MOPSO(Algorithm):
         if self.mutation > 1:
             raise ValueError(f"mutation is a probability in [0, 1], got {mutation!r}.")
         self.archive_size = check_int("archive_size", archive_size, low=2)
-        self.polish = bool(polish)
+        self.local_search = bool(local_search)
         self.n_polish = check_int("n_polish", n_polish, low=0)
 
     def _setup(self, problem, **kwargs) -> None:
@@ -155,7 +156,7 @@ class MOPSO(Algorithm):
 
     def _finalize(self) -> None:
         self.data.update(archive_before_polish=len(self.repository), polish_moves=0, polish_tradeoffs=[])
-        if not self.polish:
+        if not self.local_search:
             return
         F = self.repository.get("F")  # noqa: N806
         imp, div = -F[:, 0], F[:, 1]
@@ -163,6 +164,9 @@ class MOPSO(Algorithm):
         slope = (imp[a] - imp[b]) / (div[a] - div[b]) if div[a] > div[b] and imp[a] > imp[b] else 1.0
         half = self.n_polish // 2
         grid = [0.0] + [float(slope * 2.0 ** (j / 2)) for j in range(-half, self.n_polish - half)]
+        target = getattr(self.problem, "target_tradeoff", None)
+        if target is not None:
+            grid.append(float(target))
         starts = np.array([int(np.argmax(imp - t * div)) for t in grid])
         masks = self._masks(self.repository)[starts]
         moves = 0
