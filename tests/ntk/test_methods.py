@@ -120,21 +120,24 @@ def test_persample_splits_layers_into_groups_under_a_memory_budget():
     _assert_close(split, whole, rel=1e-12)
 
 
-def test_jacobian_eigs_gram_and_lanczos_agree_and_handle_zero_layers():
+def test_jacobian_eigs_gram_and_lanczos_agree_and_handle_zero_and_empty_layers():
     g = torch.Generator().manual_seed(0)
     jac = {
         "a": torch.randn(12, 30, generator=g, dtype=F64),
         "b": torch.zeros(12, 5, dtype=F64),
         "c": torch.randn(12, 1, generator=g, dtype=F64),
+        "d": torch.zeros(12, 0, dtype=F64),
     }
     gram, path_g = jacobian_eigs(jac, eig="gram")
     krylov, path_k = jacobian_eigs(jac, eig="lanczos", tol=1e-12, generator=g)
-    assert path_g == {"a": "gram", "b": "zero", "c": "gram"}
-    assert path_k == {"a": "lanczos", "b": "zero", "c": "lanczos"}
-    for k in jac:
+    assert path_g == {"a": "gram", "b": "gram", "c": "gram", "d": "zero"}
+    assert path_k == {"a": "lanczos", "b": "lanczos", "c": "lanczos", "d": "zero"}
+    for k in "abc":
         expected = torch.linalg.svdvals(jac[k])[0].item() ** 2
         assert gram[k].value == pytest.approx(expected, rel=1e-10, abs=1e-300)
         assert krylov[k].value == pytest.approx(expected, rel=1e-10, abs=1e-300)
+        assert krylov[k].converged
+    assert gram["d"].value == 0.0 and krylov["d"].value == 0.0
     with pytest.raises(ValueError, match="eig='svd' is not a valid choice"):
         jacobian_eigs(jac, eig="svd")
 

@@ -85,7 +85,7 @@ def jacobian_eigs(
     for layer, parts in blocks.items():
         rows = parts[0].shape[0] if parts else 0
         use_gram = eig == "gram" or (eig == "auto" and _uses_gram(rows))
-        if not parts or not any(bool(b.any()) for b in parts):
+        if not parts:
             eigs[layer], path[layer] = LayerEig(value=0.0), "zero"
         elif use_gram or rows == 1:
             gram = sum(b @ b.T for b in parts)
@@ -216,7 +216,9 @@ def persample_method(
             if len(groups) == 1
             else dataclasses.replace(problem, layers={k: problem.layers[k] for k in group})
         )
-        jac = per_sample_jacobian_blocks(sub, chunk_size=chunk_size, use_hooks=use_hooks, batched=batched)
+        jac = per_sample_jacobian_blocks(
+            sub, chunk_size=chunk_size, use_hooks=use_hooks, batched=batched, sample_major=False
+        )
         got, path = jacobian_eigs(jac, eig=eig, tol=tol, maxiter=maxiter, generator=generator)
         del jac
         eigs.update(got)

@@ -122,10 +122,14 @@ def per_sample_jacobian_blocks(
     chunk_size: int | None = None,
     use_hooks: bool = True,
     batched: bool = True,
+    sample_major: bool = True,
 ) -> dict[str, list[Tensor]]:
     """Like :func:`per_sample_jacobians`, without concatenating: layer -> one ``(N·M, numel)`` block per parameter.
 
-    $\\Theta_l = \\sum_p J_p J_p^\top$ over the blocks, so nothing is copied into one big matrix.
+    $\\Theta_l = \\sum_p J_p J_p^\\top$ over the blocks, so nothing is copied into one big matrix.
+    With ``sample_major=False`` the rows come output-major (row ``m*N + n``): the same kernel up to a
+    symmetric permutation (same eigenvalues), and the layout the backward passes produce, so the blocks
+    are views and no copy is made.
     """
     plan = jacobian_plan(problem, use_hooks=use_hooks)
     params = problem.layer_params()
@@ -138,9 +142,12 @@ def per_sample_jacobian_blocks(
             plan = jacobian_plan(problem, use_hooks=use_hooks, exclude=got)
             got = _hooked_rows(problem, plan, params, chunk_size=chunk_size, batched=batched, tap=use_hooks)
         hooked, rest = got
-        rows.update(hooked)
+        rows.update(hooked)  # (M, N, *shape)
     if rest:
-        rows.update(_fallback_rows(problem, rest, params, chunk_size=chunk_size))
+        fallback = _fallback_rows(problem, rest, params, chunk_size=chunk_size)  # (N, M, *shape)
+        rows.update({k: v.transpose(0, 1) for k, v in fallback.items()})
+    if sample_major:
+        rows = {k: v.transpose(0, 1) for k, v in rows.items()}
     return {
         layer: [rows[name].reshape(n * m, -1) for name in names] for layer, names in problem.layers.items()
     }
@@ -163,7 +170,7 @@ def _hooked_rows(
     batched: bool,
     tap: bool = True,
 ) -> tuple[dict[str, Tensor], list[str]] | frozenset[int]:
-    """Rows ``(N, M, *shape)`` of the hooked and tapped parameters: one forward, batched backprop passes.
+    """Rows ``(M, N, *shape)`` of the hooked and tapped parameters: one forward, batched backprop passes.
 
     The fallback parameters of ``plan`` are tapped (:mod:`f3ocus.ntk.taps`) when ``tap`` is set.
     Returns the rows and the parameters the taps could not serve; or, if some hooked module's inputs
@@ -209,7 +216,21 @@ def _hooked_rows(
         return frozenset(unbatched)
     local_to_name = {(id(mod), local): name for name, own in plan.hooked.items() for mod, local in own}
     served = [k for k in tapped if k not in taps.bad]
-    result = {name: params[name].new_zeros(n, m, *params[name].shape) for name in [*plan.hooked, *served]}
+    result: dict[str, Tensor] = {}  # name -> (M, N, *shape), output-major: the layout the backprops have
+    owned: set[str] = set()
+
+    def add(name: str, start: int, stop: int, value: Tensor) -> None:
+        if name not in result and start == 0 and stop == m:
+            result[name] = value  # the whole Jacobian in one piece: keep it, no copy
+            return
+        if name not in owned:
+            whole = value.new_zeros(m, *value.shape[1:])
+            if name in result:
+                whole += result[name]
+            result[name] = whole
+            owned.add(name)
+        result[name][start:stop] += value
+
     totals = {name: params[name].new_zeros(m, *params[name].shape) for name in served}
     targets = [c[3] for c in calls] + [t.out for t in taps.taps] + [live[k] for k in served]
     step = m if chunk_size is None else max(1, min(chunk_size, m))
@@ -227,19 +248,22 @@ def _hooked_rows(
             for local, per_sample in per_param.items():
                 name = local_to_name.get((id(module), local))
                 if name is not None:
-                    result[name][:, start:stop] += per_sample.transpose(0, 1)
+                    add(name, start, stop, per_sample)
         for t, g in zip(taps.taps, grads[len(calls) :], strict=False):
-            if g is not None and t.root in result:
-                result[t.root][:, start:stop] += taps.rows(t, g).transpose(0, 1)
+            if g is not None and t.root in served:
+                add(t.root, start, stop, taps.rows(t, g))
         for name, g in zip(served, grads[len(calls) + len(taps.taps) :], strict=True):
             if g is not None:
                 totals[name][start:stop] = g
+    for name in [*plan.hooked, *served]:  # parameters that no call reached: zero rows
+        if name not in result:
+            result[name] = params[name].new_zeros(m, n, *params[name].shape)
     # The taps must account for every use: their rows sum over samples to the batch gradient.
     missed = [
         k
         for k in served
         if not torch.allclose(
-            result[k].sum(0), totals[k], rtol=1e-4, atol=1e-6 * (1 + totals[k].abs().max().item())
+            result[k].sum(1), totals[k], rtol=1e-4, atol=1e-6 * (1 + totals[k].abs().max().item())
         )
     ]
     for k in missed:
