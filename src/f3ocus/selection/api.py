@@ -38,6 +38,7 @@ def _run_pymoo(
     options: dict[str, Any],
 ) -> SolverOutput:
     termination = options.pop("termination", None)
+    polish_final = options.pop("polish", spec.meta.get("polish", False))
     if spec.multi_objective:
         problem = SelectionPymooProblem(selection, None, spec.encoding, target_tradeoff=tradeoff)
     else:
@@ -54,12 +55,40 @@ def _run_pymoo(
     masks = repair(problem.decode(X), selection, rng)
     algo = res.algorithm
     extra: dict[str, Any] = {}
+    if polish_final:
+        masks, extra = _polish(spec, selection, tradeoff, masks)
     param = inspect.signature(spec.factory).parameters.get("smart_start")
     if param is not None:
         extra["smart_start"] = bool(options.get("smart_start", param.default))
     return SolverOutput(
         masks, evaluations=int(algo.evaluator.n_eval), generations=max(int(algo.n_gen or 1) - 1, 0), extra=extra
     )
+
+
+def _polish(
+    spec: SolverSpec, selection: SelectionProblem, tradeoff: float | None, masks: np.ndarray
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Final local improvement of the plan the solver would report (documented per solver).
+
+    The plan that :mod:`~f3ocus.selection.decision` would pick climbs by steepest ascent over single
+    budget-keeping moves and two-client exchanges (:func:`~f3ocus.selection.solvers._moves.polish`) at the
+    pick's tradeoff: ``tradeoff``, or for the knee of a front the slope between its ends. The climbed
+    plan joins the candidates; ``stats`` records the moves and the value before.
+    """
+    from f3ocus.selection.solvers._moves import polish
+
+    imp, div = selection.importance(masks), selection.diversity(masks)
+    if tradeoff is None:  # the knee of the solver's own front: the optimum at its end-to-end slope
+        nd = np.flatnonzero(pareto_mask(np.column_stack([-imp, div])))
+        a, b = nd[np.argmax(imp[nd])], nd[np.argmin(div[nd])]
+        t = float((imp[a] - imp[b]) / (div[a] - div[b])) if div[a] > div[b] and imp[a] > imp[b] else 0.0
+    else:
+        t = float(tradeoff)
+    best = pick(imp, div, t)
+    before = float(imp[best] - t * div[best])
+    climbed, moves = polish(selection, t, masks[best])
+    extra = {"polish_tradeoff": t, "polish_moves": int(moves), "scalarized_before_polish": before}
+    return np.concatenate([masks, climbed[None]]), extra
 
 
 def solve_problem(

@@ -218,7 +218,9 @@ class BudgetMutation(Mutation):
     $$ \Delta = (S_{kl'} - S_{kl}) - \frac{2t}{L}(n_{l'} - n_l + 1); $$
 
     for the two-objective problem each row uses, with equal odds, the importance change
-    $S_{kl'} - S_{kl}$ or the diversity change $-(n_{l'} - n_l + 1)$. ``guided=1`` is the uniform move.
+    $S_{kl'} - S_{kl}$, the diversity change $-(n_{l'} - n_l + 1)$ or, when the problem has a
+    ``target_tradeoff`` (the weight the final plan will be picked with), $\Delta$ at that weight.
+    ``guided=1`` is the uniform move.
 
     Args:
         prob: probability that an individual is mutated at all.
@@ -250,11 +252,15 @@ class BudgetMutation(Mutation):
             gain_imp = sel.scores[k_idx[:, None], off] - sel.scores[k_idx[:, None], on]
             crowd = np.take_along_axis(n_l, off, axis=-1) - np.take_along_axis(n_l, on, axis=-1) + 1
             tradeoff = getattr(problem, "tradeoff", None)
+            target = getattr(problem, "target_tradeoff", None)
             if tradeoff is not None:
                 gain = gain_imp - (2.0 * tradeoff / sel.L) * crowd
             else:
-                by_imp = random_state.random(rows.shape[0]) < 0.5
-                gain = np.where(by_imp[:, None], gain_imp, -crowd.astype(np.float64))
+                # importance, diversity (and the target scalarization, when known) with equal odds
+                kind = random_state.integers(2 if target is None else 3, size=rows.shape[0])[:, None]
+                gain = np.where(kind == 0, gain_imp, -crowd.astype(np.float64))
+                if target is not None:
+                    gain = np.where(kind == 2, gain_imp - (2.0 * target / sel.L) * crowd, gain)
             pick = gain.argmax(axis=-1)
             on, off = on[np.arange(on.shape[0]), pick], off[np.arange(off.shape[0]), pick]
         else:

@@ -2,10 +2,16 @@
 
 Storn & Price, "Differential evolution - a simple and efficient heuristic for global optimization over
 continuous spaces", J. Global Optimization 1997, through ``pymoo.algorithms.soo.nonconvex.de.DE``
-(DE/best/1/bin with a low crossover rate by default: each trial changes few keys). Like :mod:`.pso` it searches random keys $x \\in [0, 1]^{KL}$ decoded by
-:func:`~f3ocus.selection.problem.decode_keys`, maximizes importance - tradeoff * diversity (the knee
+(DE/best/1/bin with a low crossover rate by default: each trial changes few keys). Like :mod:`.pso`
+it searches random keys $x \\in [0, 1]^{KL}$ decoded by :func:`~f3ocus.selection.problem.decode_keys`,
+maximizes importance - tradeoff * diversity (the knee
 tradeoff when ``tradeoff=None``), and seeds the client-only and greedy plans into its initial
 population with ``smart_start=True`` (the default, reported in ``stats["smart_start"]``).
+
+Final local improvement (``polish=True``, the default; ``polish=False`` turns it off): the plan the
+solver would report climbs by steepest ascent over single moves and two-client exchanges at the pick's
+tradeoff (:func:`f3ocus.selection.api._polish`); ``stats`` records ``polish_moves`` and
+``scalarized_before_polish``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from f3ocus.selection.solvers.pso import initial_keys
 __all__ = ["de"]
 
 
-@register_solver("de", encoding="keys", paper="Storn & Price 1997")
+@register_solver("de", polish=True, encoding="keys", paper="Storn & Price 1997")
 def de(
     problem: SelectionPymooProblem,
     *,

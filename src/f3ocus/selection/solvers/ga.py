@@ -9,6 +9,11 @@ guided by a small tournament on their exact effect on the objective.
 Smart start (``smart_start=True``, the default, reported in ``stats["smart_start"]``): the initial
 population holds the client-only plan and the marginal-gain greedy plan
 (:func:`~f3ocus.selection.heuristics.smart_starts`), the rest is uniformly random.
+
+Final local improvement (``polish=True``, the default; ``polish=False`` turns it off): the plan the
+solver would report climbs by steepest ascent over single moves and two-client exchanges at the pick's
+tradeoff (:func:`f3ocus.selection.api._polish`); ``stats`` records ``polish_moves`` and
+``scalarized_before_polish``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from f3ocus.selection.solvers import register_solver
 __all__ = ["ga"]
 
 
-@register_solver("ga", paper="Holland 1975")
+@register_solver("ga", polish=True, paper="Holland 1975")
 def ga(
     problem: SelectionPymooProblem,
     *,

@@ -13,6 +13,11 @@ Smart start (``smart_start=True``, the default, reported in ``stats["smart_start
 population holds the client-only plan (the max-importance end of the front) and marginal-gain greedy
 plans (:func:`~f3ocus.selection.heuristics.smart_starts`) at the target tradeoff, or along a grid of
 tradeoffs for the knee.
+
+Final local improvement (``polish=True``, the default; ``polish=False`` turns it off): the plan the
+solver would report climbs by steepest ascent over single moves and two-client exchanges at the pick's
+tradeoff (:func:`f3ocus.selection.api._polish`); ``stats`` records ``polish_moves`` and
+``scalarized_before_polish``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from f3ocus.selection.solvers import register_solver
 __all__ = ["nsga2"]
 
 
-@register_solver("nsga2", multi_objective=True, paper="Deb et al. 2002")
+@register_solver("nsga2", polish=True, multi_objective=True, paper="Deb et al. 2002")
 def nsga2(
     problem: SelectionPymooProblem,
     *,

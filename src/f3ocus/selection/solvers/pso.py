@@ -10,6 +10,11 @@ when ``tradeoff=None``).
 Smart start (``smart_start=True``, the default, reported in ``stats["smart_start"]``): the client-only
 and greedy plans (:func:`~f3ocus.selection.heuristics.smart_starts`) enter the initial swarm as keys
 $0.25 + 0.5\\,m$ (trained layers above untrained ones); the other particles are uniformly random.
+
+Final local improvement (``polish=True``, the default; ``polish=False`` turns it off): the plan the
+solver would report climbs by steepest ascent over single moves and two-client exchanges at the pick's
+tradeoff (:func:`f3ocus.selection.api._polish`); ``stats`` records ``polish_moves`` and
+``scalarized_before_polish``.
 """
 
 from __future__ import annotations
@@ -46,12 +51,12 @@ def initial_keys(problem: SelectionPymooProblem, pop_size: int, smart_start: boo
     return np.clip(base + noise, 0.0, 1.0)
 
 
-@register_solver("pso", encoding="keys", paper="Kennedy & Eberhart 1995")
+@register_solver("pso", polish=True, encoding="keys", paper="Kennedy & Eberhart 1995")
 def pso(
     problem: SelectionPymooProblem,
     *,
     pop_size: int = 40,
-    n_gen: int = 200,
+    n_gen: int = 300,
     w: float = 0.5,
     c1: float = 2.0,
     c2: float = 2.0,
