@@ -142,3 +142,13 @@ def test_stats_are_complete():
     for key in ("solver", "evaluations", "generations", "seconds", "seed", "normalize", "exact_budget"):
         assert key in plan.stats
     assert plan.stats["generations"] == 4 and plan.stats["evaluations"] >= 10
+
+
+def test_final_polish_is_reported_and_never_hurts():
+    raw, budgets = heavy_tailed(12, 16, 1)
+    plan = f3ocus.select_layers(raw, budgets, solver="ga", tradeoff=1.0, seed=0, n_gen=5, pop_size=10)
+    assert plan.stats["polish_tradeoff"] == 1.0 and plan.stats["polish_moves"] >= 0
+    assert plan.scalarized(1.0) >= plan.stats["scalarized_before_polish"] - 1e-12
+    bare = f3ocus.select_layers(raw, budgets, solver="ga", tradeoff=1.0, seed=0, n_gen=5, pop_size=10, polish=False)
+    assert "polish_moves" not in bare.stats
+    assert bare.scalarized(1.0) == pytest.approx(plan.stats["scalarized_before_polish"])
