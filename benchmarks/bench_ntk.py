@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
     tag = device_tag(device)
     print(json.dumps(tag), flush=True)
 
-    rows = []
+    rows: list[dict] = []
+    save = _save_factory(args, model_name, layers, model, tag, device)
     for n in sizes:
         x = torch.randn(n, 3, img, img, generator=generator).to(device)
         opts = {"repeats": args.repeats, "warmup": args.warmup, "slow": args.slow}
@@ -255,6 +256,18 @@ def main(argv: list[str] | None = None) -> dict:
                     f"rel.diff {err:.1e}",
                     flush=True,
                 )
+        save(rows, final=False)
+    return save(rows, final=True)
+
+
+def _save_factory(args, model_name: str, layers: dict, model, tag: dict, device: torch.device):
+    def save(rows: list[dict], *, final: bool) -> dict:
+        return _write(args, model_name, layers, model, tag, device, rows, final=final)
+
+    return save
+
+
+def _write(args, model_name, layers, model, tag, device, rows, *, final: bool) -> dict:
     result = {
         "benchmark": "ntk_layer_importance",
         "model": model_name,
@@ -264,13 +277,15 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "tag": tag,
+        "complete": final,
         "rows": rows,
     }
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"ntk_{device.type}.json"
     if not args.quick or args.out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+        if final:
+            print(f"wrote {out}")
     return result
 
 

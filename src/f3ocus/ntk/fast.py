@@ -82,17 +82,21 @@ def jacobian_eigs(
     eigs: dict[str, LayerEig] = {}
     path: dict[str, str] = {}
     krylov = []
+    grams: dict[str, Tensor] = {}
     for layer, parts in blocks.items():
         rows = parts[0].shape[0] if parts else 0
         use_gram = eig == "gram" or (eig == "auto" and _uses_gram(rows))
         if not parts:
             eigs[layer], path[layer] = LayerEig(value=0.0), "zero"
         elif use_gram or rows == 1:
-            gram = sum(b @ b.T for b in parts)
-            top = torch.linalg.eigvalsh(gram)[-1].item()
-            eigs[layer], path[layer] = LayerEig(value=max(top, 0.0)), "gram"
+            grams[layer] = sum(b @ b.T for b in parts)
         else:
             krylov.append(layer)
+    # All GEMMs first, then the small eigenproblems (float64; interleaving them with the GEMMs costs
+    # thread-pool hand-overs on CPU).
+    for layer, gram in grams.items():
+        top = torch.linalg.eigvalsh(gram.to(torch.float64))[-1].item()
+        eigs[layer], path[layer] = LayerEig(value=max(top, 0.0)), "gram"
     if krylov:
         first = blocks[krylov[0]][0]
         v0 = torch.randn(

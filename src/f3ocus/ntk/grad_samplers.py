@@ -81,7 +81,8 @@ def _tokens(x: Tensor, g: Tensor, features: int) -> tuple[Tensor, Tensor]:
 @register_grad_sampler(nn.Linear)
 def _linear(module: nn.Linear, inputs: tuple, backprops: Tensor) -> dict[str, Tensor]:
     a, g = _tokens(inputs[0], backprops, module.in_features)
-    out = {"weight": torch.einsum("knso,nsi->knoi", g, a)}
+    # (K, N, o, S) @ (N, S, i) -> (K, N, o, i), contiguous: one batched GEMM per (k, n).
+    out = {"weight": torch.matmul(g.transpose(-1, -2), a)}
     if module.bias is not None:
         out["bias"] = g.sum(dim=2)
     return out
@@ -105,7 +106,7 @@ def _conv(module: nn.Conv1d | nn.Conv2d, inputs: tuple, backprops: Tensor) -> di
     groups = module.groups
     cols = cols.reshape(n, groups, -1, cols.shape[-1])
     g = backprops.reshape(k, n, groups, module.out_channels // groups, -1)
-    w = torch.einsum("kngol,ngil->kngoi", g, cols).reshape(k, n, *module.weight.shape)
+    w = torch.matmul(g, cols.transpose(-1, -2)).reshape(k, n, *module.weight.shape)  # (K, N, G, o/G, i)
     out = {"weight": w}
     if module.bias is not None:
         out["bias"] = backprops.reshape(k, n, module.out_channels, -1).sum(dim=-1)
