@@ -9,7 +9,9 @@ For each batch size and kernel it times, on the same model and batch:
   (https://pytorch.org/tutorials/intermediate/neural_tangent_kernels.html);
 - every f3ocus method asked for (``auto`` is the default ``ntk_layer_importance(model, x)``).
 
-Times are medians over ``--repeats`` runs after ``--warmup`` runs (a run slower than ``--slow`` seconds is
+Every run is paired with a fresh ``fwd+bwd`` run just before it and the ratio is taken per pair (so
+that ratios hold while the machine's load changes). Times and ratios are medians over ``--repeats``
+pairs after ``--warmup`` pairs (a run slower than ``--slow`` seconds is
 not repeated); wall-clock and process CPU time are both recorded (CPU time is the steadier measure on a
 shared machine). Peak memory: ``torch.cuda.max_memory_allocated`` above the starting allocation on CUDA; on
 CPU the peak resident-set size above the starting RSS, sampled every 2 ms by a thread (a proxy).
@@ -86,27 +88,39 @@ class PeakMemory:
             self.peak = max(self._top, self._rss()) - self._start
 
 
-def timed(fn, device: torch.device, *, repeats: int, warmup: int, slow: float) -> dict:
-    """Median seconds and peak memory of ``fn()`` (its last result is kept under ``"result"``)."""
-    times, cpu_times, peaks, result = [], [], [], None
+def _once(fn, device: torch.device) -> tuple[float, float, int, object]:
+    with PeakMemory(device) as mem:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return seconds, cpu_seconds, mem.peak, result
+
+
+def timed(fn, base, device: torch.device, *, repeats: int, warmup: int, slow: float) -> dict:
+    """Median seconds, peak memory and ratios of ``fn()`` to ``base()``, each run paired with a fresh
+    ``base()`` run just before it (so that ratios hold on a machine whose load changes).
+
+    The last result of ``fn`` is kept under ``"result"``.
+    """
+    rows, result = [], None
     for i in range(warmup + repeats):
-        with PeakMemory(device) as mem:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            result = fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        b_sec, b_cpu, _, _ = _once(base, device)
+        seconds, cpu_seconds, peak, result = _once(fn, device)
         if i >= warmup or seconds > slow:
-            times.append(seconds)
-            cpu_times.append(cpu_seconds)
-            peaks.append(mem.peak)
-        if seconds > slow and times:
+            rows.append((seconds, cpu_seconds, peak, seconds / b_sec, cpu_seconds / b_cpu, b_sec))
+        if seconds > slow and rows:
             break
+    cols = list(zip(*rows, strict=True))
     return {
-        "seconds": statistics.median(times),
-        "cpu_seconds": statistics.median(cpu_times),
-        "runs": len(times),
-        "peak_bytes": max(peaks),
+        "seconds": statistics.median(cols[0]),
+        "cpu_seconds": statistics.median(cols[1]),
+        "peak_bytes": max(cols[2]),
+        "ratio": statistics.median(cols[3]),
+        "cpu_ratio": statistics.median(cols[4]),
+        "base_seconds": statistics.median(cols[5]),
+        "runs": len(rows),
         "result": result,
     }
 
@@ -176,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, nargs="+", default=None, help="batch sizes")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--kernels", nargs="+", default=["output", "sum"])
-    parser.add_argument("--methods", nargs="+", default=["auto", "persample", "lanczos"])
+    parser.add_argument("--methods", nargs="+", default=["auto", "lanczos"])
     parser.add_argument(
         "--matfree-max-n", type=int, default=8, help="largest N for the (slow) matrix-free 'lanczos' method"
     )
@@ -210,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
     for n in sizes:
         x = torch.randn(n, 3, img, img, generator=generator).to(device)
         opts = {"repeats": args.repeats, "warmup": args.warmup, "slow": args.slow}
-        base = timed(forward_backward(model, x), device, **opts)
+        fb = forward_backward(model, x)
+        base = timed(fb, lambda: None, device, **opts)
         print(f"N={n} fwd+bwd {base['seconds']:.3f}s peak {base['peak_bytes'] / 2**20:.0f} MiB", flush=True)
         for kernel in args.kernels:
             entries = []
@@ -224,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
             reference = None
             for name, fn in entries:
                 try:
-                    got = timed(fn, device, **opts)
+                    got = timed(fn, fb, device, **opts)
                 except (torch.cuda.OutOfMemoryError, MemoryError) as err:
                     print(f"  {kernel:6s} {name:10s} out of memory: {err}", flush=True)
                     rows.append({"n": n, "kernel": kernel, "method": name, "error": "out of memory"})
@@ -241,11 +256,11 @@ def main(argv: list[str] | None = None) -> dict:
                     "chosen": chosen,
                     "seconds": got["seconds"],
                     "runs": got["runs"],
-                    "ratio_to_fwd_bwd": got["seconds"] / base["seconds"],
+                    "ratio_to_fwd_bwd": got["ratio"],
                     "cpu_seconds": got["cpu_seconds"],
-                    "cpu_ratio_to_fwd_bwd": got["cpu_seconds"] / base["cpu_seconds"],
+                    "cpu_ratio_to_fwd_bwd": got["cpu_ratio"],
                     "peak_bytes": got["peak_bytes"],
-                    "fwd_bwd_seconds": base["seconds"],
+                    "fwd_bwd_seconds": got["base_seconds"],
                     "fwd_bwd_peak_bytes": base["peak_bytes"],
                     "max_rel_diff_to_first": err,
                 }
