@@ -47,3 +47,13 @@ def test_solver_within_two_percent_of_exact(solver, seed, tau):
     assert plan.stats["exact_scalarized"] > 0
     assert plan.stats["gap"] <= 0.02, f"{solver}: gap {plan.stats['gap']:.4f} to the exact optimum"
     assert np.array_equal(plan.mask.sum(axis=1), budgets)
+
+
+@pytest.mark.parametrize("solver", ["sa", "abc", "aco", "mopso"])
+def test_metaheuristic_within_two_percent_with_at_most_budgets(solver):
+    scores, budgets = heavy_tailed(12, 16, 2)
+    plan = select_layers(
+        scores, budgets, solver=solver, tradeoff=2.0, seed=0, certify=True, exact_budget=False
+    )
+    assert plan.stats["gap"] <= 0.02, f"{solver}: gap {plan.stats['gap']:.4f} to the exact optimum"
+    assert np.all(plan.mask.sum(axis=1) <= budgets)
