@@ -21,7 +21,7 @@ so $n_l - n_{l'} \le R = 1 + \frac{L (\max S - \min S)}{2t}$ for all pairs, and 
 $[\bar n - R, \bar n + R]$. Only the sink arcs inside that window are built, which keeps the program
 small ($K = 1000$, $L = 64$ solves in well under a second at moderate $t$).
 
-**At most $b_k$** (``exact_budget=False``). Now $T$ varies and
+X
 $\text{diversity} = \frac{1}{L}\sum_l n_l^2 - T^2 / L^2$. For a fixed $T$ the problem is again a convex
 flow (one more row: the flow into the sink is $T$). The solver enumerates $T$ from $\sum_k b_k$ down and
 stops as soon as $I_{\max}(T)$, the largest importance of any plan with $T$ ones (a greedy bound on a
@@ -68,11 +68,13 @@ def _flow(
     total: int | None = None,
     x_lb: np.ndarray | None = None,
     x_ub: np.ndarray | None = None,
-) -> np.ndarray | None:
+    duals: bool = False,
+):
     r"""Solve $\max \sum S x - \sum_l \sum_{j=lo_l}^{n_l - 1} c(j)$ over 0/1 plans with $lo \le n \le hi$.
 
     Rows: $\sum_l x_{kl} = b_k$ where ``row_exact[k]`` else $\le b_k$; optional $\sum_l n_l = $ ``total``.
-    Returns the plan, or ``None`` when infeasible.
+    Returns the plan, or ``None`` when infeasible; with ``duals=True`` a pair ``(plan, mu)`` where ``mu``
+    is the derivative of the program's minimal cost with respect to ``total`` (HiGHS's dual value).
     """
     K, L = scores.shape  # noqa: N806
     lo = np.asarray(lo, dtype=np.int64)
@@ -136,13 +138,15 @@ def _flow(
         method="highs",
     )
     if res.status == 2:  # infeasible
-        return None
+        return (None, 0.0) if duals else None
     if res.status != 0:
         raise RuntimeError(f"the exact selection LP failed: {res.message}")
     x = res.x[:n_x].reshape(K, L)
     mask = x > 0.5
     if np.abs(x - mask).max() > 1e-6:  # a vertex of a totally unimodular program is integral
         raise RuntimeError("the exact selection LP returned a fractional plan; please report this instance.")
+    if duals:
+        return mask, float(res.eqlin.marginals[-1])
     return mask
 
 
@@ -202,18 +206,47 @@ def exact_optimum(problem: SelectionProblem, tradeoff: float) -> np.ndarray:
         plan = _solve_fixed_total(problem, tradeoff, int(problem.budgets.sum()))
         assert plan is not None  # exact budgets are always feasible
         return plan
-    bound = _importance_bound(problem)
-    best, best_value = np.zeros((problem.K, problem.L), dtype=bool), 0.0  # the empty plan
-    for total in range(int(problem.budgets.sum()), 0, -1):
-        if bound[total] <= best_value + _TOL * max(1.0, abs(best_value)):
-            break
-        plan = _solve_fixed_total(problem, tradeoff, total)
+    return _at_most_optimum(problem, tradeoff)
+
+
+def _at_most_optimum(problem: SelectionProblem, tradeoff: float) -> np.ndarray:
+    r"""``exact_budget=False``: maximize $g(T) = h(T) + tT^2/L^2$ over the total $T$ by cutting planes.
+
+    $h(T) = \max_{|m| = T} \text{importance}(m) - \frac{t}{L}\sum_l n_l^2$ is the value of a convex
+    flow with $T$ units, hence concave in $T$, and the dual value $\mu$ of the total row at $T_1$ is a
+    supergradient: $h(T) \le h(T_1) - \mu (T - T_1)$ for every $T$. With the importance bound
+    $g(T) \le I_{\max}(T)$ this gives an upper bound on every $g(T)$; the next total solved is the one
+    with the largest bound, until no bound beats the best plan found. Exact, and usually a handful of
+    solves instead of $\sum_k b_k$.
+    """
+    K, L = problem.K, problem.L  # noqa: N806
+    t_max = int(problem.budgets.sum())
+    totals = np.arange(t_max + 1, dtype=np.float64)
+    upper = _importance_bound(problem)
+    upper[0] = -np.inf  # the empty plan is the starting incumbent
+    best, best_value = np.zeros((K, L), dtype=bool), 0.0
+    row_exact = np.zeros(K, dtype=bool)
+    lo, hi = np.zeros(L, np.int64), np.full(L, K, np.int64)
+
+    def unit_cost(j):
+        return (tradeoff / L) * (2.0 * j + 1.0)
+
+    while True:
+        slack = 1e-9 * max(1.0, abs(best_value))
+        candidates = np.flatnonzero(upper > best_value + slack)
+        if candidates.size == 0:
+            return best
+        total = int(candidates[np.argmax(upper[candidates])])
+        plan, mu = _flow(problem.scores, problem.budgets, row_exact, lo, hi, unit_cost, total=total, duals=True)
+        upper[total] = -np.inf
         if plan is None:
             continue
         value = float(problem.scalarized(plan, tradeoff))
         if value > best_value:
             best, best_value = plan, value
-    return best
+        h_total = float(problem.importance(plan)) - (tradeoff / L) * float((plan.sum(axis=0) ** 2).sum())
+        cut = h_total - mu * (totals - total) + tradeoff * totals**2 / L**2
+        upper = np.minimum(upper, cut + 1e-9 * max(1.0, abs(h_total)))
 
 
 def lexicographic_extremes(problem: SelectionProblem) -> tuple[np.ndarray, np.ndarray]:
