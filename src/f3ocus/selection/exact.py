@@ -21,11 +21,11 @@ so $n_l - n_{l'} \le R = 1 + \frac{L (\max S - \min S)}{2t}$ for all pairs, and 
 $[\bar n - R, \bar n + R]$. Only the sink arcs inside that window are built, which keeps the program
 small ($K = 1000$, $L = 64$ solves in well under a second at moderate $t$).
 
-X
+**At most $b_k$** (``exact_budget=False``). Now $T$ varies and
 $\text{diversity} = \frac{1}{L}\sum_l n_l^2 - T^2 / L^2$. For a fixed $T$ the problem is again a convex
-flow (one more row: the flow into the sink is $T$). The solver enumerates $T$ from $\sum_k b_k$ down and
-stops as soon as $I_{\max}(T)$, the largest importance of any plan with $T$ ones (a greedy bound on a
-partition matroid), cannot beat the best value found; the objective is at most the importance.
+flow (one more row: the flow into the sink is $T$), whose value $h(T)$ is concave in $T$; the solver
+maximizes $h(T) + tT^2/L^2$ over $T$ by cutting planes from the flows' dual values and the importance
+bound $I_{\max}(T)$ (see ``_at_most_optimum``).
 
 **Front.** With ``tradeoff=None`` the exact *supported* Pareto front (the plans that maximize
 $\text{importance} - t\cdot\text{diversity}$ for some $t \ge 0$) is found by dichotomic search between the
