@@ -254,9 +254,9 @@ def test_mopso_front_is_non_dominated_and_polish_is_reported():
     assert not dominated.any()
     data = res.algorithm.data
     assert (
-        data["polish_moves"] > 0
-        and len(data["polish_tradeoffs"]) == 18
-        and data["polish_tradeoffs"][0] == 0.0
+        data["local_search_moves"] > 0
+        and len(data["local_search_tradeoffs"]) == 18
+        and data["local_search_tradeoffs"][0] == 0.0
     )
     plan = select_layers(sel.scores, sel.budgets, solver="mopso", seed=0, n_gen=20)
     assert plan.front is not None and len(plan.front) > 1
@@ -303,7 +303,7 @@ def test_mopso_also_polishes_at_the_callers_tradeoff():
     problem = SelectionPymooProblem(sel)
     problem.target_tradeoff = 0.37  # set by select_layers when the caller passes a tradeoff
     res = minimize(problem, MOPSO(pop_size=8, n_gen=10), seed=0)
-    assert res.algorithm.data["polish_tradeoffs"][-1] == 0.37
+    assert res.algorithm.data["local_search_tradeoffs"][-1] == 0.37
     F = res.opt.get("F")  # noqa: N806
     best = res.opt[int(np.argmin(F[:, 0] + 0.37 * F[:, 1]))].X.astype(bool).reshape(sel.K, sel.L)
     climbed, moves = polish(sel, 0.37, best)

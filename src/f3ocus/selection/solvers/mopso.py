@@ -155,7 +155,9 @@ class MOPSO(Algorithm):
         self.opt = self.repository
 
     def _finalize(self) -> None:
-        self.data.update(archive_before_polish=len(self.repository), polish_moves=0, polish_tradeoffs=[])
+        self.data.update(
+            front_before_local_search=len(self.repository), local_search_moves=0, local_search_tradeoffs=[]
+        )
         if not self.local_search:
             return
         F = self.repository.get("F")  # noqa: N806
@@ -177,7 +179,11 @@ class MOPSO(Algorithm):
         self.evaluator.eval(self.problem, polished, algorithm=self)
         self.repository = self._prune(Population.merge(self.repository, polished), limit=None)
         self.opt = self.repository
-        self.data.update(polish_moves=moves, polish_tradeoffs=grid, archive_after_polish=len(self.repository))
+        self.data.update(
+            local_search_moves=moves,
+            local_search_tradeoffs=grid,
+            front_after_local_search=len(self.repository),
+        )
 
     # -- helpers -----------------------------------------------------------------------------------
     def _masks(self, pop: Population) -> np.ndarray:
