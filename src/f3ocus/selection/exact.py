@@ -265,7 +265,13 @@ def lexicographic_extremes(problem: SelectionProblem) -> tuple[np.ndarray, np.nd
     row_exact = np.ones(K, dtype=bool) if problem.exact_budget else theta > 0
     zeros = np.zeros_like(S)
     full_lo, full_hi = np.zeros(L, np.int64), np.full(L, K, np.int64)
-    totals = [int(b.sum())] if problem.exact_budget else range(int(above.sum()), int(b.sum()) + 1)
+    if problem.exact_budget:
+        totals = [int(b.sum())]
+    else:  # rows with a positive b_k-th score take exactly b_k; the others their positives plus some zeros
+        n_above, n_tie = above.sum(axis=1), tie.sum(axis=1)
+        t_lo = int(np.where(row_exact, b, n_above).sum())
+        t_hi = int(np.where(row_exact, b, np.minimum(b, n_above + n_tie)).sum())
+        totals = range(t_lo, t_hi + 1)
     best, best_div = None, math.inf
     for total in totals:
         plan = _flow(
