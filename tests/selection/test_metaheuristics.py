@@ -308,3 +308,16 @@ def test_mopso_also_polishes_at_the_callers_tradeoff():
     best = res.opt[int(np.argmin(F[:, 0] + 0.37 * F[:, 1]))].X.astype(bool).reshape(sel.K, sel.L)
     climbed, moves = polish(sel, 0.37, best)
     assert moves == 0  # the plan picked at 0.37 is already a local optimum of moves and exchanges
+
+
+@settings(max_examples=30)
+@given(problems(), st.booleans())
+def test_mopso_decoding_matches_top_b(case, ties):
+    from f3ocus.selection.operators import top_b
+
+    sel, _, seed = case
+    algo = MOPSO()
+    algo.sel = sel
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, 3, size=(4, sel.K, sel.L)).astype(float) if ties else rng.random((4, sel.K, sel.L))
+    np.testing.assert_array_equal(algo._decode(keys), top_b(keys, sel.budgets))
