@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 
 import f3ocus
-from cases import heavy_tailed, tiny_problems
+from selection_cases import heavy_tailed, tiny_problems
 from f3ocus.scores import LayerScores
 from f3ocus.selection.decision import knee_index, knee_tradeoff, pick_scalarized
 from f3ocus.selection.exact import exact_front, exact_optimum

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymoo.core.population import Population
 
-from cases import tiny_problems
+from selection_cases import tiny_problems
 from f3ocus.selection.operators import (
     BudgetCrossover,
     BudgetMutation,

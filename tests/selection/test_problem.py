@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cases import instance
+from selection_cases import instance
 from f3ocus.selection.operators import random_plan
 from f3ocus.selection.problem import SelectionProblem, SelectionPymooProblem, decode_keys
 

@@ -12,7 +12,7 @@ from pymoo.operators.mutation.bitflip import BitflipMutation
 from pymoo.operators.sampling.rnd import BinaryRandomSampling
 
 import f3ocus
-from cases import heavy_tailed
+from selection_cases import heavy_tailed
 from f3ocus.selection.solvers import (
     BUILTIN_SOLVERS,
     available_solvers,

@@ -54,15 +54,29 @@ def _run_pymoo(
     X = np.concatenate([np.atleast_2d(p.get("X")) for p in parts])  # noqa: N806
     masks = repair(problem.decode(X), selection, rng)
     algo = res.algorithm
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {k: _json_safe(v) for k, v in getattr(algo, "data", {}).items()}
     if polish_final:
-        masks, extra = _polish(spec, selection, tradeoff, masks)
+        masks, polished = _polish(spec, selection, tradeoff, masks)
+        extra.update(polished)
     param = inspect.signature(spec.factory).parameters.get("smart_start")
     if param is not None:
         extra["smart_start"] = bool(options.get("smart_start", param.default))
     return SolverOutput(
         masks, evaluations=int(algo.evaluator.n_eval), generations=max(int(algo.n_gen or 1) - 1, 0), extra=extra
     )
+
+
+def _json_safe(value: Any) -> Any:
+    """Algorithm diagnostics (``algorithm.data``) as plain JSON values for ``LayerAssignment.stats``."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return value
 
 
 def _polish(
