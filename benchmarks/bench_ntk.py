@@ -183,6 +183,24 @@ def device_tag(device: torch.device) -> dict:
     }
 
 
+def markdown_table(result: dict) -> str:
+    """The rows of a results JSON as a Markdown table (used for docs/benchmarks.md)."""
+    lines = [
+        "| N | kernel | method | chosen | seconds | x fwd+bwd (wall) | x fwd+bwd (CPU time) | peak memory | max rel. diff |",
+        "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['n']} | {r['kernel']} | {r['method']} | | {r['error']} | | | | |")
+            continue
+        lines.append(
+            f"| {r['n']} | {r['kernel']} | {r['method']} | {r['chosen']} | {r['seconds']:.2f} | "
+            f"{r['ratio_to_fwd_bwd']:.1f} | {r['cpu_ratio_to_fwd_bwd']:.1f} | "
+            f"{r['peak_bytes'] / 2**20:.0f} MiB | {r['max_rel_diff_to_first']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default=None)
@@ -199,11 +217,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--slow", type=float, default=60.0, help="seconds above which a run is not repeated")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--table", default=None, help="print a results JSON as a Markdown table and exit")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny batch, one repeat")
     parser.add_argument(
         "--out", default=None, help="JSON path (default benchmarks/results/ntk_<device>.json)"
     )
     args = parser.parse_args(argv)
+    if args.table:
+        result = json.loads(Path(args.table).read_text())
+        print(markdown_table(result))
+        return result
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
