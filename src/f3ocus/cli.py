@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to compare",
     )
     demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    demo.add_argument("--quick", action="store_true", help="a tiny run (about a minute) to check the set-up")
+    demo.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="small defaults (2 rounds, small clients) to check the set-up quickly",
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -96,8 +101,11 @@ def _config(args: argparse.Namespace):
         "test_images": args.test_images,
         "device": args.device,
     }
-    if args.quick:
-        values.update(QUICK)
+    if args.quick:  # --quick changes the defaults; options given explicitly still win
+        defaults = DemoConfig()
+        for key, value in QUICK.items():
+            if values.get(key, getattr(defaults, key)) == getattr(defaults, key):
+                values[key] = value
     return DemoConfig(**values)
 
 
@@ -125,6 +133,7 @@ def _check_solver(solver: str) -> None:
 
 def run_demo_command(args: argparse.Namespace) -> int:
     """Run ``f3ocus demo`` with parsed arguments; returns the exit status."""
+    from f3ocus._checks import check_int
     from f3ocus.demo.assets import require_demo_assets
     from f3ocus.errors import MissingExtraError
 
@@ -133,6 +142,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
         _check_solver(args.solver)
         _check_device(args.device)
         config = _config(args)
+        check_int("--jobs", args.jobs, low=1)
+        if args.threads is not None:
+            check_int("--threads", args.threads, low=1)
     except (MissingExtraError, ValueError, TypeError) as err:
         print(f"f3ocus demo: error: {err}", file=sys.stderr)
         return 2
@@ -143,7 +155,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     from f3ocus.demo.report import markdown_table, write_report
     from f3ocus.demo.run import run_demo
 
-    results = run_demo(config, progress=not args.no_progress)
+    results = run_demo(config, progress=not args.no_progress, jobs=args.jobs, threads=args.threads)
     paths = write_report(results, args.out)
     print(markdown_table(results))
     print(f"Finished in {results['seconds']:.0f} s on {results['device']}.")

@@ -80,6 +80,7 @@ class VQAModel(nn.Module):
         self.image = image_encoder
         self.text = text_encoder
         self.head = head
+        super().train(False)
 
     def image_features(self, images: Tensor) -> Tensor:
         """Pooled image features $u$, ``(N, 1280)``."""

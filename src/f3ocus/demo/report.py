@@ -35,28 +35,36 @@ def _label(strategy: str, results: dict[str, Any]) -> str:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """One row per strategy: final test accuracy (mean ± std over seeds), trainable parameters per client
-    per round, MB uploaded per round and MB up + down per round (all clients together)."""
+    """One row per strategy: test accuracy after the last round and averaged over the last (up to 3)
+    rounds (mean ± std over seeds), trainable parameters per client per round, MB uploaded per round and
+    MB up + down per round (all clients together)."""
     summary = summarize(results)
     seeds = len(results["runs"])
     acc0 = np.mean([run["warmup_accuracy"] for run in results["runs"].values()])
     rounds = results["config"]["rounds"]
+    tail = next(iter(summary.values()))["last_rounds"]
+    plural = "s" if seeds > 1 else ""
     lines = [
-        f"| strategy | test accuracy after {rounds} rounds ({seeds} seed{'s' if seeds > 1 else ''}) "
+        f"| strategy | test accuracy after round {rounds} | mean of rounds {rounds - tail + 1}-{rounds} "
         "| trainable params / client | MB up / round | MB up+down / round |",
-        "| --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
+
+    def pct(mean: float, std: float) -> str:
+        return f"{100 * mean:.1f} ± {100 * std:.1f} %" if seeds > 1 else f"{100 * mean:.1f} %"
+
     for s, row in summary.items():
-        acc = f"{100 * row['final_accuracy_mean']:.1f}"
-        if seeds > 1:
-            acc += f" ± {100 * row['final_accuracy_std']:.1f}"
         lines.append(
-            f"| {_label(s, results)} | {acc} % | {row['trainable_params_per_client'] / 1e6:.2f} M "
+            f"| {_label(s, results)} | {pct(row['final_accuracy_mean'], row['final_accuracy_std'])} "
+            f"| {pct(row['last_rounds_accuracy_mean'], row['last_rounds_accuracy_std'])} "
+            f"| {row['trainable_params_per_client'] / 1e6:.2f} M "
             f"| {row['mb_up_per_round']:.1f} | {row['mb_total_per_round']:.1f} |"
         )
     lines.append("")
     lines.append(
-        f"Start of every strategy (after the shared head warm-up): {100 * acc0:.1f} % test accuracy. "
+        f"{seeds} seed{plural}{' (mean ± std over seeds)' if seeds > 1 else ''}. Start of every strategy "
+        "(after the shared head "
+        f"warm-up): {100 * acc0:.1f} % test accuracy. "
         f"Budgets (layers per client): {results['budgets']} of {len(results['layers'])} layers."
     )
     return "\n".join(lines) + "\n"

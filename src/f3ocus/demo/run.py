@@ -65,12 +65,12 @@ class DemoConfig:
     budgets: tuple[int, ...] | None = None
     local_steps: int = 4
     batch_size: int = 16
-    lr: float = 3e-4
-    warmup_rounds: int = 10
+    lr: float = 5e-5
+    warmup_rounds: int = 5
     warmup_steps: int = 20
     warmup_lr: float = 1e-3
     score_samples: int = 4
-    kernel: str = "output"
+    kernel: str = "loss"
     solver: str = "nsga2"
     strategies: tuple[str, ...] = STRATEGIES
     test_images: int = 40
@@ -172,6 +172,7 @@ def _run_strategy(
     record: dict[str, Any] = {"accuracy": [acc0], "plans": [], "scores": [], "params_up": [], "bytes_up": []}
     record.update({"bytes_down": [], "plan_stats": []})
     began = time.perf_counter()
+    features: dict[str, torch.Tensor] = {}
     for r in range(config.rounds):
         score_fn = None
         if strategy in SCORED:
@@ -200,7 +201,11 @@ def _run_strategy(
             )
 
         result = run_round(model, list(range(len(data.clients))), plan.layers, train_fn, layer_map=layer_map)
-        acc = evaluate(model, data, data.test)
+        trained = {name for layers in plan.layers for name in layers}
+        for encoder in ("image", "text"):  # re-encode the test split only where parameters changed
+            if any(name.startswith(encoder + ".") for name in trained):
+                features.pop(encoder, None)
+        acc = evaluate(model, data, data.test, features=features)
         record["accuracy"].append(acc)
         record["plans"].append(plan.mask.astype(int).tolist())
         record["scores"].append(None if plan.scores is None else plan.scores.tolist())
@@ -215,77 +220,121 @@ def _run_strategy(
     return record
 
 
-def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
+def run_demo(
+    config: DemoConfig, *, progress: bool = True, jobs: int = 1, threads: int | None = None
+) -> dict[str, Any]:
     """Run the experiment of the module docs for every seed and strategy.
 
     Args:
         config: The settings.
-        progress: Show tqdm progress bars (on stderr).
+        progress: Show tqdm progress bars (on stderr), one per seed.
+        jobs: Seeds run in parallel worker processes (each loads its own model); 1 runs them here, one
+            after another. Results do not depend on ``jobs``.
+        threads: Torch CPU threads of each worker process (default: torch's choice).
 
     Returns:
         A JSON-ready dict: ``config``, ``layers`` (names and parameter counts), ``budgets``, ``device``,
         ``runs`` (per seed: data sizes, warm-up accuracy, per strategy the accuracy after every round,
         the plans, the NTK scores, per-client communication, seconds) and ``seconds``.
     """
-    modules = require_demo_assets()
-    tqdm = modules["tqdm"].tqdm
-    from f3ocus.demo.data import load_easy_vqa
-    from f3ocus.demo.model import build_model, demo_layers, layer_parameter_counts
-    from f3ocus.demo.train import evaluate
-
+    require_demo_assets()
+    jobs = check_int("jobs", jobs, low=1)
     began = time.perf_counter()
-    device = torch.device(config.device)
+    if jobs == 1 or len(config.seeds) == 1:
+        loaded = _load(config)
+        meta = _meta(config, loaded[0])
+        runs = {str(s): _run_seed(config, s, loaded, progress, position=0) for s in config.seeds}
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(config.seeds)), mp_context=context) as pool:
+            futures = [
+                pool.submit(_seed_worker, config, s, progress, i, threads) for i, s in enumerate(config.seeds)
+            ]
+            results = [f.result() for f in futures]
+        meta = results[0][0]
+        runs = {str(s): run for s, (_, run) in zip(config.seeds, results, strict=True)}
+    return {**meta, "runs": runs, "seconds": time.perf_counter() - began, "jobs": jobs}
+
+
+def _load(config: DemoConfig):
+    from f3ocus.demo.model import build_model
+
     model, tokenizer = build_model(13, seed=0)
-    model.to(device)
+    model.to(torch.device(config.device))
     pretrained = {k: v.clone() for k, v in model.state_dict().items()}
+    return model, tokenizer, pretrained
+
+
+def _meta(config: DemoConfig, model) -> dict[str, Any]:
+    from f3ocus.demo.model import demo_layers, layer_parameter_counts
+
     layer_map = demo_layers(model)
-    counts = layer_parameter_counts(model, layer_map)
-    budgets = config.client_budgets(len(layer_map))
-    out: dict[str, Any] = {
+    device = torch.device(config.device)
+    return {
         "config": dataclasses.asdict(config),
         "layers": list(layer_map),
-        "layer_params": counts,
-        "budgets": budgets,
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "layer_params": layer_parameter_counts(model, layer_map),
+        "budgets": config.client_budgets(len(layer_map)),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "torch": torch.__version__,
-        "runs": {},
+        "threads": torch.get_num_threads(),
     }
-    for seed in config.seeds:
-        data = load_easy_vqa(
-            tokenizer,
-            num_clients=config.clients,
-            samples_per_client=config.samples_per_client,
-            alpha=config.alpha,
-            test_images=config.test_images,
-            seed=seed,
-        ).to(device)
-        model.load_state_dict(pretrained)
-        _reset_head(model, seed)
-        _warmup(model, data, layer_map, config, seed)
-        start_state = {k: v.clone() for k, v in model.state_dict().items()}
-        acc0 = evaluate(model, data, data.test)
-        run: dict[str, Any] = {
-            "client_sizes": [len(c) for c in data.clients],
-            "client_answers": [torch.bincount(c.answers.cpu(), minlength=13).tolist() for c in data.clients],
-            "test_size": len(data.test),
-            "warmup_accuracy": acc0,
-            "strategies": {},
-        }
-        cache: dict[str, np.ndarray] = {}
-        bar = None
-        if progress:
-            bar = tqdm(total=len(config.strategies) * config.rounds, desc=f"seed {seed}", unit="round")
-        try:
-            for strategy in config.strategies:
-                run["strategies"][strategy] = _run_strategy(
-                    strategy, model, data, layer_map, budgets, config, seed, start_state, acc0, bar, cache
-                )
-        finally:
-            if bar is not None:
-                bar.close()
-        out["runs"][str(seed)] = run
-    out["seconds"] = time.perf_counter() - began
-    return out
+
+
+def _seed_worker(config: DemoConfig, seed: int, progress: bool, position: int, threads: int | None):
+    if threads is not None:
+        torch.set_num_threads(threads)
+    loaded = _load(config)
+    return _meta(config, loaded[0]), _run_seed(config, seed, loaded, progress, position=position)
+
+
+def _run_seed(config: DemoConfig, seed: int, loaded, progress: bool, *, position: int) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from f3ocus.demo.data import load_easy_vqa
+    from f3ocus.demo.model import demo_layers
+    from f3ocus.demo.train import evaluate
+
+    model, tokenizer, pretrained = loaded
+    layer_map = demo_layers(model)
+    budgets = config.client_budgets(len(layer_map))
+    data = load_easy_vqa(
+        tokenizer,
+        num_clients=config.clients,
+        samples_per_client=config.samples_per_client,
+        alpha=config.alpha,
+        test_images=config.test_images,
+        seed=seed,
+    ).to(torch.device(config.device))
+    model.load_state_dict(pretrained)
+    _reset_head(model, seed)
+    _warmup(model, data, layer_map, config, seed)
+    start_state = {k: v.clone() for k, v in model.state_dict().items()}
+    acc0 = evaluate(model, data, data.test)
+    run: dict[str, Any] = {
+        "client_sizes": [len(c) for c in data.clients],
+        "client_answers": [torch.bincount(c.answers.cpu(), minlength=13).tolist() for c in data.clients],
+        "test_size": len(data.test),
+        "warmup_accuracy": acc0,
+        "strategies": {},
+    }
+    cache: dict[str, np.ndarray] = {}
+    bar = None
+    if progress:
+        total = len(config.strategies) * config.rounds
+        bar = tqdm(total=total, desc=f"seed {seed}", unit="round", position=position, leave=True)
+    try:
+        for strategy in config.strategies:
+            run["strategies"][strategy] = _run_strategy(
+                strategy, model, data, layer_map, budgets, config, seed, start_state, acc0, bar, cache
+            )
+    finally:
+        if bar is not None:
+            bar.close()
+    return run
 
 
 def _reset_head(model, seed: int) -> None:
@@ -308,20 +357,26 @@ def _reset_head(model, seed: int) -> None:
 def summarize(
     results: dict[str, Any], strategies: Sequence[str] | None = None
 ) -> dict[str, dict[str, float]]:
-    """Per strategy: final accuracy (mean, std over seeds), trainable parameters per client and round,
-    MB uploaded and MB up+down per round (all clients), seconds per seed."""
+    """Per strategy: final accuracy and accuracy averaged over the last (up to 3) rounds (mean, std over
+    seeds), trainable parameters per client and round, MB uploaded and MB up+down per round (all clients),
+    seconds per seed."""
     runs = list(results["runs"].values())
     strategies = strategies or list(runs[0]["strategies"])
     out: dict[str, dict[str, float]] = {}
     for s in strategies:
         recs = [run["strategies"][s] for run in runs]
         final = np.array([rec["accuracy"][-1] for rec in recs])
+        tail = min(3, len(recs[0]["accuracy"]) - 1)
+        last = np.array([np.mean(rec["accuracy"][-tail:]) for rec in recs])
         params = np.mean([np.mean(rec["params_up"]) for rec in recs])
         up = np.mean([np.mean(np.sum(rec["bytes_up"], axis=1)) for rec in recs]) / 1e6
         down = np.mean([np.mean(np.sum(rec["bytes_down"], axis=1)) for rec in recs]) / 1e6
         out[s] = {
             "final_accuracy_mean": float(final.mean()),
             "final_accuracy_std": float(final.std(ddof=1)) if final.size > 1 else 0.0,
+            "last_rounds": tail,
+            "last_rounds_accuracy_mean": float(last.mean()),
+            "last_rounds_accuracy_std": float(last.std(ddof=1)) if last.size > 1 else 0.0,
             "best_accuracy_mean": float(np.mean([max(rec["accuracy"]) for rec in recs])),
             "trainable_params_per_client": float(params),
             "mb_up_per_round": float(up),

@@ -76,11 +76,25 @@ def local_train(
 
 
 @torch.no_grad()
-def evaluate(model: VQAModel, data: VQAData, split: Split, *, chunk: int = 256) -> float:
-    """Accuracy of ``model`` on ``split`` (fraction of questions answered right)."""
-    u = torch.cat([model.image_features(x) for x in split.images.split(chunk)])
-    t = model.text_features(data.input_ids, data.attention_mask)
-    logits = model.head(u[split.image_index], t[split.question_index])
+def evaluate(
+    model: VQAModel, data: VQAData, split: Split, *, chunk: int = 256, features: dict | None = None
+) -> float:
+    """Accuracy of ``model`` on ``split`` (fraction of questions answered right).
+
+    Args:
+        model: The model.
+        data: The token table.
+        split: The questions to answer.
+        chunk: Images per encoder call.
+        features: Optional cache of encoder outputs: its ``"image"`` / ``"text"`` entries are reused when
+            present and stored when computed. Drop an entry when that encoder's parameters change.
+    """
+    features = {} if features is None else features
+    if "image" not in features:
+        features["image"] = torch.cat([model.image_features(x) for x in split.images.split(chunk)])
+    if "text" not in features:
+        features["text"] = model.text_features(data.input_ids, data.attention_mask)
+    logits = model.head(features["image"][split.image_index], features["text"][split.question_index])
     return float((logits.argmax(dim=-1) == split.answers).float().mean())
 
 

