@@ -37,14 +37,9 @@ TINY = [
 
 @pytest.mark.demo
 @needs_assets
+@pytest.mark.usefixtures("one_thread")
 def test_tiny_demo_writes_table_plots_and_consistent_json(tmp_path, capsys):
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        assert main([*TINY, "--threads", "1", "--out", str(tmp_path)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main([*TINY, "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     for name in ("results.json", "table.md", "accuracy.png", "plans_f3ocus.png", "plans_random.png"):
         assert (tmp_path / name).stat().st_size > 0

