@@ -69,8 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(STRATEGIES),
         help="what to compare",
     )
-    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    demo.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
+    demo.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads per process (1 is steadiest on a busy machine)",
+    )
+    demo.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (e.g. --jobs 2)")
     demo.add_argument(
         "--quick",
         action="store_true",
@@ -143,15 +148,13 @@ def run_demo_command(args: argparse.Namespace) -> int:
         _check_device(args.device)
         config = _config(args)
         check_int("--jobs", args.jobs, low=1)
-        if args.threads is not None:
-            check_int("--threads", args.threads, low=1)
+        check_int("--threads", args.threads, low=1)
     except (MissingExtraError, ValueError, TypeError) as err:
         print(f"f3ocus demo: error: {err}", file=sys.stderr)
         return 2
-    if args.threads is not None:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     from f3ocus.demo.report import markdown_table, write_report
     from f3ocus.demo.run import run_demo
 
