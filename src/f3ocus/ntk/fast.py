@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from f3ocus._checks import check_choice
-from f3ocus.ntk.lanczos import lanczos_max_eig
+from f3ocus.ntk.lanczos import lanczos_max_eig, small_eig_threads
 from f3ocus.ntk.matfree import LayerKernelOperator
 from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, register_method
 from f3ocus.ntk.persample import per_sample_jacobian_blocks
@@ -92,10 +92,10 @@ def jacobian_eigs(
             grams[layer] = sum(b @ b.T for b in parts)
         else:
             krylov.append(layer)
-    # All GEMMs first, then the small eigenproblems (float64; interleaving them with the GEMMs costs
-    # thread-pool hand-overs on CPU).
+    # All GEMMs first, then the small eigenproblems (float64, one CPU thread: see small_eig_threads).
     for layer, gram in grams.items():
-        top = torch.linalg.eigvalsh(gram.to(torch.float64))[-1].item()
+        with small_eig_threads(gram.device):
+            top = torch.linalg.eigvalsh(gram.to(torch.float64))[-1].item()
         eigs[layer], path[layer] = LayerEig(value=max(top, 0.0)), "gram"
     if krylov:
         first = blocks[krylov[0]][0]
