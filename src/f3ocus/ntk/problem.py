@@ -185,8 +185,10 @@ class NTKProblem:
 
         Args:
             params: Parameter overrides, as in :meth:`outputs`.
-            args_i, kwargs_i, targets_i: One sample's entries of :meth:`per_sample_inputs` (no
-                batch dimension; it is added back here, so the model sees a batch of one).
+            args_i: One sample's positional inputs from :meth:`per_sample_inputs` (no batch
+                dimension; it is added back here, so the model sees a batch of one).
+            kwargs_i: That sample's keyword inputs, likewise.
+            targets_i: That sample's targets, likewise.
         """
         args = self._merge(self.args, args_i)
         kwargs = self._merge(self.kwargs, kwargs_i)
