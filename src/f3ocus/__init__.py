@@ -6,13 +6,12 @@ scores into a plan that trades total importance against balanced layer coverage 
 budgets (F³OCUS, Saha et al., CVPR 2025). :mod:`f3ocus.fl` holds the federated loop around them.
 """
 
-from f3ocus.layers import resolve_layers
-from f3ocus.scores import LayerScores
-from f3ocus.ntk import ntk_layer_importance
-from f3ocus.selection import LayerAssignment, available_solvers, register_solver, select_layers
-
 # -- federated loop (f3ocus.fl) --------------------------------------------------------------
 from f3ocus.fl import masked_fedavg, train_only
+from f3ocus.layers import resolve_layers
+from f3ocus.ntk import ntk_layer_importance
+from f3ocus.scores import LayerScores
+from f3ocus.selection import LayerAssignment, available_solvers, register_solver, select_layers
 
 __version__ = "0.1.0"
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
+from selection_cases import heavy_tailed, tiny_problems
 
 import f3ocus
-from selection_cases import heavy_tailed, tiny_problems
 from f3ocus.scores import LayerScores
 from f3ocus.selection.decision import knee_index, knee_tradeoff, pick_scalarized
 from f3ocus.selection.exact import exact_front, exact_optimum

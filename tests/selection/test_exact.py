@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 from hypothesis import given, settings
-
 from selection_cases import instance, tiny_problems, tradeoffs
+
 from f3ocus.selection.exact import exact_front, exact_optimum, lexicographic_extremes, top_b_plan
 from f3ocus.selection.heuristics import greedy_plan
 from f3ocus.selection.problem import SelectionProblem

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymoo.core.population import Population
-
 from selection_cases import tiny_problems
+
 from f3ocus.selection.operators import (
     BudgetCrossover,
     BudgetMutation,

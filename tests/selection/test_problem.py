@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from selection_cases import instance
+
 from f3ocus.selection.operators import random_plan
 from f3ocus.selection.problem import SelectionProblem, SelectionPymooProblem, decode_keys
 

@@ -10,9 +10,9 @@ from pymoo.algorithms.soo.nonconvex.ga import GA
 from pymoo.operators.crossover.pntx import TwoPointCrossover
 from pymoo.operators.mutation.bitflip import BitflipMutation
 from pymoo.operators.sampling.rnd import BinaryRandomSampling
+from selection_cases import heavy_tailed
 
 import f3ocus
-from selection_cases import heavy_tailed
 from f3ocus.selection.solvers import (
     BUILTIN_SOLVERS,
     available_solvers,
