@@ -6,7 +6,6 @@ scores into a plan that trades total importance against balanced layer coverage 
 budgets (F³OCUS, Saha et al., CVPR 2025). :mod:`f3ocus.fl` holds the federated loop around them.
 """
 
-# -- federated loop (f3ocus.fl) --------------------------------------------------------------
 from f3ocus.fl import masked_fedavg, train_only
 from f3ocus.layers import resolve_layers
 from f3ocus.ntk import ntk_layer_importance
