@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import f3ocus.ntk.factored  # noqa: F401  (registers "factored")
 import f3ocus.ntk.fast  # noqa: F401  (registers "persample" and "lanczos")
 import f3ocus.ntk.reference  # noqa: F401  (registers "dense")
 from f3ocus._checks import check_int, check_positive_float
@@ -111,8 +112,8 @@ def ntk_layer_importance(
         loss_fn: ``kernel="loss"`` only: ``loss_fn(output, targets)`` -> ``(N,)`` per-sample losses.
         targets: ``kernel="loss"`` only: the targets, leading dimension $N$.
         method: ``"auto"`` or a registered method (:func:`f3ocus.ntk.available_methods`): ``"dense"``
-            (the reference), ``"persample"``, ``"lanczos"``. ``"auto"`` takes the method with the
-            fewest estimated flops whose estimated memory fits ``max_memory``.
+            (the reference), ``"persample"``, ``"lanczos"``, ``"factored"``. ``"auto"`` takes the method
+            with the fewest estimated flops whose estimated memory fits ``max_memory``.
         seed: Seeds the one ``torch.Generator`` (on the model's device) that iterative methods draw
             start vectors from. ``None``: a fresh random seed.
         tol: Iterative methods stop when the relative residual $\lVert \Theta_l v - \lambda v \rVert

@@ -1,0 +1,218 @@
+r"""The ``"factored"`` scoring method: batched Lanczos with Linear weights kept as activations and backprops.
+
+For an ``nn.Linear`` weight $W$ (``o x i``) the Jacobian rows are $\partial F_{kn}/\partial W =
+\sum_s B_{kns} A_{ns}^\top$, with $A$ ``(N, S, i)`` the recorded inputs and $B$ ``(K, N, S, o)`` the
+backprops of the $K = M$ kernel outputs. ``"persample"`` builds these rows (``K N`` small GEMMs with
+inner dimension $S$) and then a Gram per layer. Here they are never formed: Lanczos on
+$\Theta_l = J_l J_l^\top$ runs on the $NM$-dimensional output space with the factored products
+
+$$ J^\top v = \sum_{n,s} \Big(\sum_k v_{kn} B_{kns}\Big) A_{ns}^\top
+   \quad (\text{one GEMM } o \times NS \times i), $$
+
+$$ (J u)_{kn} = \sum_s B_{kns} \cdot (u A_{ns}) \quad (\text{one GEMM } NS \times i \times o). $$
+
+A weight used by several calls (a module called twice, weights tied between Linear modules) sums the
+calls in both products. Every other scored parameter (Linear biases, norms, embeddings, convolutions,
+raw parameters, the torch.func fallback) keeps its per-sample rows, exactly as ``"persample"`` builds
+them in the same hooked pass (:mod:`f3ocus.ntk.persample`), and enters the same matvec as
+$R (R^\top v)$. All layers run in one batched Lanczos (:func:`f3ocus.ntk.lanczos.lanczos_max_eig`).
+
+Cost model (multiply-adds; see :mod:`f3ocus.ntk.fast`): one forward and $M$ backprop-only passes,
+$(1 + M) F$ with $F$ the forward multiply-adds (:func:`f3ocus.ntk.fast.forward_flops`), plus $k$
+Lanczos steps of $2 N S (i + M) o$ per factored weight (two GEMMs and two batched contractions) and
+$4 NM P_l$ per stored row block, with $S \approx F / (N P)$. Memory: the activations and backprops,
+$N S (i + M o)$ elements per Linear weight, the stored rows of the other parameters and the Lanczos basis.
+
+Per Lanczos step a factored weight costs $2 N S i o$ against $2 N M i o$ for stored rows, so the
+method pays off in memory (no $NM \times P_l$ rows) rather than time whenever $S > M$ (the Gram term
+$(NM)^2 P_l$ of ``"persample"`` grows faster with $N$, though). ``"auto"`` picks it where its estimate
+is the lowest among the methods that fit ``max_memory``, typically where ``"persample"`` does not fit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from f3ocus.ntk.fast import EXPECTED_STEPS, _gen_device, _layer_eig, forward_flops
+from f3ocus.ntk.grad_samplers import GradSampler, _tokens
+from f3ocus.ntk.lanczos import lanczos_max_eig
+from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, register_method
+from f3ocus.ntk.persample import JacobianPlan, _fallback_rows, _hooked_rows, jacobian_plan
+from f3ocus.ntk.problem import NTKProblem
+
+__all__ = ["factored_cost", "factored_method"]
+
+
+def _factored_names(problem: NTKProblem, plan: JacobianPlan) -> set[str]:
+    """Hooked weights whose every owner is an exact ``nn.Linear`` (tied Linear weights included)."""
+    return {
+        name
+        for name, owners in plan.hooked.items()
+        if owners and all(type(m) is nn.Linear and local == "weight" for m, local in owners)
+    }
+
+
+def _linear_shapes(problem: NTKProblem) -> dict[str, tuple[int, int]]:
+    """Parameter name -> ``(o, i)`` for scored weights of exact ``nn.Linear`` modules (for the cost model)."""
+    params = dict(problem.model.named_parameters())
+    ids = {id(p): name for name, p in params.items()}
+    scored = {name for names in problem.layers.values() for name in names}
+    out: dict[str, tuple[int, int]] = {}
+    for module in problem.model.modules():
+        if type(module) is nn.Linear:
+            name = ids.get(id(module.weight))
+            if name in scored:
+                out[name] = (module.out_features, module.in_features)
+    return out
+
+
+def _tokens_per_sample(problem: NTKProblem) -> float:
+    """Rough sequence length $S$: forward multiply-adds per sample over the parameter count (at least 1)."""
+    total = sum(problem.layer_sizes().values())
+    return max(1.0, forward_flops(problem) / max(problem.num_samples * total, 1))
+
+
+def factored_cost(problem: NTKProblem) -> Cost:
+    """Estimated multiply-adds and peak bytes of ``"factored"`` (see the module docstring)."""
+    n, m = problem.num_samples, problem.num_outputs
+    sizes = problem.layer_sizes()
+    total = sum(sizes.values())
+    linear = _linear_shapes(problem)
+    s = _tokens_per_sample(problem)
+    fwd = forward_flops(problem)
+    factored_p = sum(o * i for o, i in linear.values())
+    rows_p = max(total - factored_p, 0)
+    step = sum(2.0 * n * s * (i + m) * o for o, i in linear.values()) + 4.0 * n * m * rows_p
+    flops = (1 + m) * fwd + EXPECTED_STEPS * step
+    memory = (
+        sum(n * s * (i + m * o) for o, i in linear.values())
+        + n * m * rows_p
+        + len(sizes) * EXPECTED_STEPS * n * m
+    ) * problem.itemsize
+    return Cost(flops=float(flops), memory=float(memory))
+
+
+def _capturing_sampler(
+    local_to_name: dict[tuple[int, str], str], factors: dict[str, list[tuple[Tensor, Tensor, int]]]
+) -> GradSampler:
+    """An ``nn.Linear`` grad sampler that records ``(A, B)`` for the weights in ``factors`` instead of rows.
+
+    The first call of such a weight returns a zero-stride stand-in for its rows, so that the pass
+    allocates nothing for it (the stand-in is dropped afterwards); biases and other weights get rows.
+    """
+    placed: set[str] = set()
+
+    def capture(module: nn.Module, inputs: tuple, backprops: Tensor) -> dict[str, Tensor]:
+        a, g = _tokens(inputs[0], backprops, module.in_features)
+        out: dict[str, Tensor] = {}
+        name = local_to_name.get((id(module), "weight"))
+        if name in factors:
+            # A (N*S, i) and B laid out (N, K, S*o), so that both products are batched GEMMs over n.
+            gp = g.permute(1, 0, 2, 3).reshape(g.shape[1], g.shape[0], -1).contiguous()
+            factors[name].append((a.reshape(-1, a.shape[-1]), gp, g.shape[-1]))
+            if name not in placed:
+                placed.add(name)
+                out["weight"] = g.new_zeros(()).expand(*g.shape[:2], *module.weight.shape)
+        elif name is not None:
+            out["weight"] = torch.matmul(g.transpose(-1, -2), a)
+        if module.bias is not None:
+            out["bias"] = g.sum(dim=2)
+        return out
+
+    return capture
+
+
+def _pass(problem: NTKProblem, *, chunk_size: int | None, use_hooks: bool = True):
+    """One hooked pass: ``(factors, rows)``.
+
+    ``factors``: weight name -> list of ``(A (N*S, i), B (N, M, S*o), o)`` per call; ``rows``: every other
+    scored parameter -> rows ``(M, N, *shape)`` (output-major), as :mod:`f3ocus.ntk.persample` builds them.
+    """
+    params = problem.layer_params()
+    exclude: frozenset[int] = frozenset()
+    for _ in range(2):
+        plan = jacobian_plan(problem, exclude=exclude)
+        factored = _factored_names(problem, plan)
+        local_to_name = {(id(mod), local): name for name, own in plan.hooked.items() for mod, local in own}
+        factors: dict[str, list[tuple[Tensor, Tensor, int]]] = {name: [] for name in factored}
+        capture = _capturing_sampler(local_to_name, factors)
+        modules = [(mod, capture if type(mod) is nn.Linear else s) for mod, s in plan.modules]
+        plan = JacobianPlan(hooked=plan.hooked, fallback=plan.fallback, modules=modules)
+        # All M outputs in one batched backward pass: the factors keep every backprop anyway.
+        got = _hooked_rows(problem, plan, params, chunk_size=None, batched=True, tap=use_hooks)
+        if not isinstance(got, frozenset):
+            break
+        exclude = exclude | got  # modules that do not see the batch first: re-plan without them
+    else:  # pragma: no cover - the second plan excludes every unbatched module
+        raise RuntimeError("factored: could not plan the hooked pass")
+    rows, rest = got
+    rows = {k: v for k, v in rows.items() if k not in factors}
+    if rest:
+        fallback = _fallback_rows(problem, rest, params, chunk_size=chunk_size)  # (N, M, *shape)
+        rows.update({k: v.transpose(0, 1) for k, v in fallback.items()})
+    return factors, rows
+
+
+@register_method("factored", cost=factored_cost)
+def factored_method(
+    problem: NTKProblem,
+    *,
+    tol: float = 1e-8,
+    maxiter: int = 500,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+    max_memory: int | None = None,
+) -> MethodResult:
+    """Batched Lanczos over all layers, Linear weights as activations x backprops (no per-sample weight rows).
+
+    ``chunk_size`` only chunks the torch.func fallback (kernel outputs per ``jacrev`` chunk); the hooked
+    pass keeps the backprops of all ``M`` outputs. ``max_memory`` is not used beyond ``method="auto"``.
+    """
+    n, m = problem.num_samples, problem.num_outputs
+    size = n * m
+    factors, rows = _pass(problem, chunk_size=chunk_size)
+    layers = list(problem.layers)
+    dense: list[list[Tensor]] = []
+    fact: list[list[list[tuple[Tensor, Tensor, int]]]] = []
+    for layer in layers:
+        names = problem.layers[layer]
+        dense.append([rows[k].reshape(size, -1) for k in names if k in rows and rows[k].numel() > 0])
+        fact.append([factors[k] for k in names if k in factors and factors[k]])
+
+    def matvec(v: Tensor) -> Tensor:
+        out = torch.zeros_like(v)
+        for b in range(len(layers)):
+            vb = v[b]
+            if not bool(vb.any()):  # a converged layer: Lanczos passes zeros
+                continue
+            acc = out[b]
+            for r in dense[b]:
+                acc += r @ (r.T @ vb)
+            vn = vb.reshape(m, n).T.unsqueeze(1)  # (N, 1, K)
+            for calls in fact[b]:
+                u = None
+                for a, g, o in calls:  # J^T v = sum_calls (sum_k v_kn B_kns)^T A_ns: (o, N S) x (N S, i)
+                    t = torch.bmm(vn, g).reshape(-1, o).T @ a  # (o, i)
+                    u = t if u is None else u + t
+                for a, g, _ in calls:  # (J u)_kn = sum_s B_kns . (u A_ns): (N S, i) x (i, o), then per n
+                    y = (a @ u.T).reshape(n, -1, 1)  # (N, S o, 1)
+                    acc += torch.bmm(g, y).reshape(n, m).T.reshape(-1)
+        return out
+
+    if size == 0 or not any(dense) and not any(fact):
+        eigs = {layer: LayerEig(value=0.0) for layer in layers}
+        return MethodResult(eigs=eigs, backward_passes=m, matvecs=0, extra={"factored": sorted(factors)})
+    v0 = torch.randn(
+        len(layers), size, generator=generator, dtype=problem.dtype, device=_gen_device(generator)
+    ).to(problem.device)
+    results = lanczos_max_eig(matvec, v0, tol=tol, maxiter=maxiter)
+    eigs = {}
+    for layer, d, f, res in zip(layers, dense, fact, results, strict=True):
+        eigs[layer] = _layer_eig(res) if (d or f) else LayerEig(value=0.0)
+    return MethodResult(
+        eigs=eigs,
+        backward_passes=m,
+        matvecs=sum(r.iterations for r in results),
+        extra={"factored": sorted(factors), "steps": max((r.iterations for r in results), default=0)},
+    )
