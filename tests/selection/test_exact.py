@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -88,12 +86,14 @@ def test_exact_beats_greedy_and_topk_at_moderate_size():
     assert best >= p.scalarized(top_b_plan(p), t) - 1e-12
 
 
-def test_exact_is_fast_at_k1000_l64():
+def test_exact_at_k1000_l64_beats_topk_and_greedy():
+    # Scale check (its time is measured by benchmarks/bench_select.py, not here): at the benchmark's
+    # largest size the exact plan is feasible and no worse than client-only top-k or the greedy plan.
     rng = np.random.default_rng(0)
     raw = rng.lognormal(0.0, 2.0, (1000, 64))
     p = SelectionProblem(raw / raw.sum(axis=1, keepdims=True), rng.integers(4, 17, 1000))
-    start = time.perf_counter()
     plan = exact_optimum(p, 1.0)
-    seconds = time.perf_counter() - start
     assert p.is_feasible(plan)
-    assert seconds < 4.0  # < 2 s on an idle 2-core machine; slack for a loaded CI runner
+    value = p.scalarized(plan, 1.0)
+    assert value >= p.scalarized(top_b_plan(p), 1.0) - 1e-9
+    assert value >= p.scalarized(greedy_plan(p, 1.0), 1.0) - 1e-9
