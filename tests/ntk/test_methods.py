@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ntk_helpers import F64, assert_scores_close, dense_scores, kernel_kwargs
 
 from cases import CASE_NAMES, build
 from f3ocus import ntk_layer_importance
@@ -11,53 +12,12 @@ from f3ocus.ntk.fast import jacobian_eigs, lanczos_cost, persample_cost
 from f3ocus.ntk.importance import scoring_problem
 from f3ocus.ntk.methods import available_methods, get_method
 
-F64 = torch.float64
 KERNELS = ("output", "sum", "loss")
 # Matrix-free Lanczos costs ~3 backward passes per layer per step: keep it to the quick cases per kernel
 # (every case is covered for "output").
 SLOW_FOR_MATFREE = {"torch_transformer", "hf_bert", "cnn_groupnorm_batchnorm"}
 
 
-def _weighted_square_loss(out, t):
-    """A per-sample loss for any output: t_n * ||out_n||^2 / 2."""
-    return 0.5 * t * out.reshape(out.shape[0], -1).pow(2).sum(dim=1)
-
-
-def _kwargs(case, kernel: str) -> dict:
-    """The case's own arguments, with the kernel switched (keeping a case that fixes its own kernel)."""
-    kw = dict(case.kwargs)
-    if kw.get("kernel", "output") != "output":
-        return kw if kw["kernel"] == kernel else None
-    if kernel == "loss":
-        with scoring_problem(case.model, case.batch, **kw) as problem:
-            n = problem.num_samples
-        kw.update(
-            kernel="loss", loss_fn=_weighted_square_loss, targets=torch.linspace(0.5, 1.5, n, dtype=F64)
-        )
-    else:
-        kw["kernel"] = kernel
-    return kw
-
-
-_reference_cache: dict = {}
-
-
-def _reference(name: str, kernel: str):
-    key = (name, kernel)
-    if key not in _reference_cache:
-        case = build(name, F64, "cpu")
-        kw = _kwargs(case, kernel)
-        _reference_cache[key] = (
-            None if kw is None else ntk_layer_importance(case.model, case.batch, method="dense", **kw)
-        )
-    return _reference_cache[key]
-
-
-def _assert_close(got, ref, rel=1e-6):
-    assert list(got) == list(ref)
-    scale = max(max(ref.values()), 1e-30)
-    for layer in ref:
-        assert got[layer] == pytest.approx(ref[layer], rel=rel, abs=rel * 1e-6 * scale), layer
 
 
 METHODS = [
@@ -76,14 +36,14 @@ def test_fast_methods_match_dense_reference(name, method, options, kernel):
         pytest.skip("matrix-free Lanczos is covered on this case by kernel='output'")
     if options.get("use_hooks") is False and kernel != "output" and name not in ("mlp", "vit_sdpa"):
         pytest.skip("the torch.func fallback is checked for this kernel on the mlp and vit_sdpa cases")
-    ref = _reference(name, kernel)
+    ref = dense_scores(name, kernel)
     if ref is None:
         pytest.skip(f"case {name!r} fixes its own kernel")
     case = build(name, F64, "cpu")
     got = ntk_layer_importance(
-        case.model, case.batch, method=method, seed=0, **_kwargs(case, kernel), **options
+        case.model, case.batch, method=method, seed=0, **kernel_kwargs(case, kernel), **options
     )
-    _assert_close(got, ref)
+    assert_scores_close(got, ref)
     assert got.stats["method"] == method and got.stats["converged"]
 
 
@@ -109,7 +69,7 @@ def test_auto_picks_persample_when_it_fits_and_lanczos_when_memory_is_tight():
     budget = int((per.memory + mat.memory) / 2)
     tight = ntk_layer_importance(model, x, output_fn=pooled, seed=0, max_memory=budget)
     assert tight.stats["method"] == "lanczos"
-    _assert_close(tight, roomy)
+    assert_scores_close(tight, roomy)
 
 
 def test_persample_splits_layers_into_groups_under_a_memory_budget():
@@ -119,7 +79,7 @@ def test_persample_splits_layers_into_groups_under_a_memory_budget():
         largest = max(problem.layer_sizes().values()) * problem.num_samples * problem.num_outputs * 8
     split = ntk_layer_importance(case.model, case.batch, method="persample", max_memory=2 * largest)
     assert split.stats["extra"]["groups"] > 1 and whole.stats["extra"]["groups"] == 1
-    _assert_close(split, whole, rel=1e-12)
+    assert_scores_close(split, whole, rel=1e-12)
 
 
 def test_jacobian_eigs_gram_and_lanczos_agree_and_handle_zero_and_empty_layers():
