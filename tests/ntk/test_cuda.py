@@ -18,7 +18,7 @@ pytestmark = [
 CASES = ["mlp", "cnn_groupnorm_batchnorm", "vit_sdpa", "embedding", "weight_sharing", "mlp_loss"]
 
 
-@pytest.mark.parametrize("method", ["persample", "lanczos"])
+@pytest.mark.parametrize("method", ["persample", "lanczos", "factored"])
 @pytest.mark.parametrize("name", CASES)
 def test_cuda_matches_cpu(name, method):
     cpu = build(name, torch.float64, "cpu")

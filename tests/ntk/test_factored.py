@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ntk_helpers import F64, assert_scores_close, dense_scores, kernel_kwargs
 
 from cases import CASE_NAMES, build
 from f3ocus import ntk_layer_importance
-from f3ocus.ntk.factored import factored_cost
+from f3ocus.ntk.factored import _live_tokens, _pass, factored_cost
 from f3ocus.ntk.importance import scoring_problem
 from f3ocus.ntk.methods import available_methods, get_method
 
@@ -45,3 +47,46 @@ def test_factored_keeps_linear_weights_out_of_the_rows():
     with scoring_problem(model, x, output_fn=pooled) as problem:
         cost = factored_cost(problem)
     assert cost.flops > 0 and cost.memory > 0
+
+
+def test_tokens_without_backprops_are_dropped_and_the_scores_stay_exact():
+    """Only token 0 reaches the output: the other tokens' activations and backprops are dropped."""
+    g = torch.Generator().manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).to(F64)
+    x = torch.randn(4, 7, 6, generator=g, dtype=F64)
+
+    def first_token(out):
+        return out[:, 0]
+
+    got = ntk_layer_importance(model, x, output_fn=first_token, method="factored", seed=0)
+    ref = ntk_layer_importance(model, x, output_fn=first_token, method="dense")
+    assert_scores_close(got, ref)
+    with scoring_problem(model, x, output_fn=first_token) as problem:
+        factors, _ = _pass(problem, chunk_size=None)
+    for calls in factors.values():
+        for a, b, _ in calls:
+            assert a.shape[0] == 4  # one token per sample is left
+            assert b.shape[-1] == 5 or b.shape[-1] == 3
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    live=st.lists(st.booleans(), min_size=1, max_size=9),
+    k=st.integers(1, 3),
+    n=st.integers(1, 3),
+    o=st.integers(1, 4),
+    seed=st.integers(0, 1000),
+)
+def test_live_tokens_finds_exactly_the_tokens_with_a_nonzero_backprop(live, k, n, o, seed):
+    g = torch.Generator().manual_seed(seed)
+    back = torch.randn(k, n, len(live), o, generator=g, dtype=F64)
+    back[:, :, [i for i, keep in enumerate(live) if not keep]] = 0.0
+    if any(live):  # a live token may be zero in feature 0 (the cheap test) and nonzero elsewhere
+        first = live.index(True)
+        back[..., first, 0] = 0.0
+        back[0, 0, first, -1] = 1.0
+    got = _live_tokens(back)
+    if all(live) or len(live) == 1:
+        assert got is None
+    else:
+        assert got.tolist() == [i for i, keep in enumerate(live) if keep]

@@ -18,7 +18,7 @@ them in the same hooked pass (:mod:`f3ocus.ntk.persample`), and enters the same 
 $R (R^\top v)$. All layers run in one batched Lanczos (:func:`f3ocus.ntk.lanczos.lanczos_max_eig`).
 
 Cost model (multiply-adds; see :mod:`f3ocus.ntk.fast`): one forward and $M$ backprop-only passes,
-$(1 + M) F$ with $F$ the forward multiply-adds (:func:`f3ocus.ntk.fast.forward_flops`), plus $k$
+$(1 + M) F$ with $F$ the forward multiply-adds (:func:`f3ocus.ntk.problem.forward_flops`), plus $k$
 Lanczos steps of $2 N S (i + M) o$ per factored weight (two GEMMs and two batched contractions) and
 $4 NM P_l$ per stored row block, with $S \approx F / (N P)$. Memory: the activations and backprops,
 $N S (i + M o)$ elements per Linear weight, the stored rows of the other parameters and the Lanczos basis.
@@ -34,12 +34,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from f3ocus.ntk.fast import EXPECTED_STEPS, _gen_device, _layer_eig, forward_flops
+from f3ocus.ntk.fast import _gen_device, _layer_eig, jacobian_eigs
 from f3ocus.ntk.grad_samplers import GradSampler, _tokens
 from f3ocus.ntk.lanczos import lanczos_max_eig
 from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, register_method
 from f3ocus.ntk.persample import JacobianPlan, _fallback_rows, _hooked_rows, jacobian_plan
-from f3ocus.ntk.problem import NTKProblem
+from f3ocus.ntk.problem import NTKProblem, forward_flops
 
 __all__ = ["factored_cost", "factored_method"]
 
@@ -65,6 +65,11 @@ def _linear_shapes(problem: NTKProblem) -> dict[str, tuple[int, int]]:
             if name in scored:
                 out[name] = (module.out_features, module.in_features)
     return out
+
+
+# Lanczos steps per layer that the cost model expects: 9-15 per block on the ViT benchmark at tol=1e-4
+# (benchmarks/bench_ntk.py).
+EXPECTED_STEPS = 15
 
 
 def _tokens_per_sample(problem: NTKProblem) -> float:
@@ -93,6 +98,22 @@ def factored_cost(problem: NTKProblem) -> Cost:
     return Cost(flops=float(flops), memory=float(memory))
 
 
+def _live_tokens(g: Tensor) -> Tensor | None:
+    """Token positions where some backprop in ``g`` ``(K, N, S, o)`` is nonzero, or ``None`` if all are.
+
+    A token whose backprops vanish for every output and sample (e.g. every token but the class token
+    after the last attention layer of a ViT) adds nothing to $J$, so it can be dropped from both factors.
+    Feature 0 decides most tokens cheaply (one strided read); ``g`` is read in full only when some token
+    is zero there.
+    """
+    if g.shape[2] <= 1 or not bool((g[..., 0] == 0).all(dim=1).all(dim=0).any()):
+        return None
+    live = g.abs().amax(dim=-1).amax(dim=1).amax(dim=0) > 0  # (S,)
+    if bool(live.all()):
+        return None
+    return torch.nonzero(live).flatten()
+
+
 def _capturing_sampler(
     local_to_name: dict[tuple[int, str], str], factors: dict[str, list[tuple[Tensor, Tensor, int]]]
 ) -> GradSampler:
@@ -100,6 +121,7 @@ def _capturing_sampler(
 
     The first call of such a weight returns a zero-stride stand-in for its rows, so that the pass
     allocates nothing for it (the stand-in is dropped afterwards); biases and other weights get rows.
+    Tokens whose backprops are all zero are dropped from both factors (:func:`_live_tokens`).
     """
     placed: set[str] = set()
 
@@ -108,9 +130,11 @@ def _capturing_sampler(
         out: dict[str, Tensor] = {}
         name = local_to_name.get((id(module), "weight"))
         if name in factors:
+            live = _live_tokens(g)
+            a_w, g_w = (a, g) if live is None else (a[:, live], g[:, :, live])
             # A (N*S, i) and B laid out (N, K, S*o), so that both products are batched GEMMs over n.
-            gp = g.permute(1, 0, 2, 3).reshape(g.shape[1], g.shape[0], -1).contiguous()
-            factors[name].append((a.reshape(-1, a.shape[-1]), gp, g.shape[-1]))
+            gp = g_w.transpose(0, 1).reshape(g_w.shape[1], g_w.shape[0], -1).contiguous()
+            factors[name].append((a_w.reshape(-1, a_w.shape[-1]), gp, g_w.shape[-1]))
             if name not in placed:
                 placed.add(name)
                 out["weight"] = g.new_zeros(()).expand(*g.shape[:2], *module.weight.shape)
@@ -164,7 +188,10 @@ def factored_method(
     chunk_size: int | None = None,
     max_memory: int | None = None,
 ) -> MethodResult:
-    """Batched Lanczos over all layers, Linear weights as activations x backprops (no per-sample weight rows).
+    """Batched Lanczos over the layers with Linear weights, kept as activations x backprops.
+
+    Layers without a factored weight are solved from their stored rows as ``"persample"`` does (Gram +
+    ``eigvalsh``, or Lanczos on the rows), the others by one batched Lanczos from random starts.
 
     ``chunk_size`` only chunks the torch.func fallback (kernel outputs per ``jacrev`` chunk); the hooked
     pass keeps the backprops of all ``M`` outputs. ``max_memory`` is not used beyond ``method="auto"``.
@@ -173,46 +200,64 @@ def factored_method(
     size = n * m
     factors, rows = _pass(problem, chunk_size=chunk_size)
     layers = list(problem.layers)
-    dense: list[list[Tensor]] = []
-    fact: list[list[list[tuple[Tensor, Tensor, int]]]] = []
+    dense: dict[str, list[Tensor]] = {}
+    fact: dict[str, list[list[tuple[Tensor, Tensor, int]]]] = {}
     for layer in layers:
         names = problem.layers[layer]
-        dense.append([rows[k].reshape(size, -1) for k in names if k in rows and rows[k].numel() > 0])
-        fact.append([factors[k] for k in names if k in factors and factors[k]])
+        dense[layer] = [rows[k].reshape(size, -1) for k in names if k in rows and rows[k].numel() > 0]
+        fact[layer] = [factors[k] for k in names if k in factors and factors[k]]
+    eigs: dict[str, LayerEig] = {}
+    # Layers with stored rows only: exact, as "persample" does.
+    plain = {layer: dense[layer] for layer in layers if not fact[layer]}
+    if plain and size > 0:
+        got, _ = jacobian_eigs(plain, tol=tol, maxiter=maxiter, generator=generator)
+        eigs.update(got)
+    else:
+        eigs.update({layer: LayerEig(value=0.0) for layer in plain})
+    krylov = [layer for layer in layers if fact[layer]]
+    steps = 0
+    if krylov and size > 0:
+        kd = [dense[layer] for layer in krylov]
+        kf = [fact[layer] for layer in krylov]
 
-    def matvec(v: Tensor) -> Tensor:
-        out = torch.zeros_like(v)
-        for b in range(len(layers)):
-            vb = v[b]
-            if not bool(vb.any()):  # a converged layer: Lanczos passes zeros
-                continue
-            acc = out[b]
-            for r in dense[b]:
-                acc += r @ (r.T @ vb)
-            vn = vb.reshape(m, n).T.unsqueeze(1)  # (N, 1, K)
-            for calls in fact[b]:
-                u = None
-                for a, g, o in calls:  # J^T v = sum_calls (sum_k v_kn B_kns)^T A_ns: (o, N S) x (N S, i)
-                    t = torch.bmm(vn, g).reshape(-1, o).T @ a  # (o, i)
-                    u = t if u is None else u + t
-                for a, g, _ in calls:  # (J u)_kn = sum_s B_kns . (u A_ns): (N S, i) x (i, o), then per n
-                    y = (a @ u.T).reshape(n, -1, 1)  # (N, S o, 1)
-                    acc += torch.bmm(g, y).reshape(n, m).T.reshape(-1)
-        return out
+        def matvec(v: Tensor) -> Tensor:
+            out = torch.zeros_like(v)
+            for b in range(len(krylov)):
+                vb = v[b]
+                if not bool(vb.any()):  # a converged layer: Lanczos passes zeros
+                    continue
+                acc = out[b]
+                for r in kd[b]:
+                    acc += r @ (r.T @ vb)
+                vn = vb.reshape(m, n).T.unsqueeze(1)  # (N, 1, K)
+                for calls in kf[b]:
+                    # J^T v = sum_calls (sum_k v_kn B_kns)^T A_ns: (o, N S) x (N S, i)
+                    u = None
+                    for a, g, o in calls:
+                        t = torch.bmm(vn, g).reshape(-1, o).T @ a
+                        u = t if u is None else u + t
+                    ut = u.T.contiguous()  # (i, o)
+                    for a, g, _ in calls:
+                        # (J u)_kn = sum_s B_kns . (u A_ns): (N S, i) x (i, o), then one dot per (n, k)
+                        y = (a @ ut).reshape(n, 1, -1)  # (N, 1, S o)
+                        acc += torch.bmm(y, g.transpose(1, 2)).reshape(n, m).T.reshape(-1)
+            return out
 
-    if size == 0 or not any(dense) and not any(fact):
-        eigs = {layer: LayerEig(value=0.0) for layer in layers}
-        return MethodResult(eigs=eigs, backward_passes=m, matvecs=0, extra={"factored": sorted(factors)})
-    v0 = torch.randn(
-        len(layers), size, generator=generator, dtype=problem.dtype, device=_gen_device(generator)
-    ).to(problem.device)
-    results = lanczos_max_eig(matvec, v0, tol=tol, maxiter=maxiter)
-    eigs = {}
-    for layer, d, f, res in zip(layers, dense, fact, results, strict=True):
-        eigs[layer] = _layer_eig(res) if (d or f) else LayerEig(value=0.0)
+        v0 = torch.randn(
+            len(krylov), size, generator=generator, dtype=problem.dtype, device=_gen_device(generator)
+        )
+        results = lanczos_max_eig(matvec, v0.to(problem.device), tol=tol, maxiter=maxiter)
+        for layer, res in zip(krylov, results, strict=True):
+            eigs[layer] = _layer_eig(res)
+        steps = sum(r.iterations for r in results)
+    else:
+        eigs.update({layer: LayerEig(value=0.0) for layer in krylov})
     return MethodResult(
-        eigs=eigs,
+        eigs={layer: eigs[layer] for layer in layers},
         backward_passes=m,
-        matvecs=sum(r.iterations for r in results),
-        extra={"factored": sorted(factors), "steps": max((r.iterations for r in results), default=0)},
+        matvecs=steps,
+        extra={
+            "factored": sorted(factors),
+            "steps": max((eigs[k].iterations for k in krylov), default=0),
+        },
     )

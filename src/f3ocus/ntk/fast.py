@@ -1,26 +1,26 @@
 r"""The fast exact scoring methods, ``"persample"`` and ``"lanczos"``, with their cost models.
 
-``"persample"`` (default for models whose per-layer Jacobians fit in memory): the rows of every $J_l$
-from one forward pass and $M$ batched backprop-only passes (:mod:`f3ocus.ntk.persample`), then per
-layer either the Gram $\Theta_l = J_l J_l^\top$ and ``eigvalsh`` (cost $(NM)^2 P_l$, one GEMM), or
-Lanczos on the stored rows, $v \mapsto J_l (J_l^\top v)$ (cost $4 k\, NM P_l$ for $k$ steps), whichever
-the cost model says is cheaper. Layers are processed in groups whose Jacobians fit ``max_memory``
-(each group costs one more forward and backward sweep).
+``"persample"``: the rows of every $J_l$ from one forward pass and $M$ batched backprop-only passes
+(:mod:`f3ocus.ntk.persample`), then per layer either the Gram $\Theta_l = J_l J_l^\top$ and
+``eigvalsh`` (cost $(NM)^2 P_l$, one GEMM), or Lanczos on the stored rows,
+$v \mapsto J_l (J_l^\top v)$ (cost $4 k\, NM P_l$ for $k$ steps), whichever the cost model says is
+cheaper. Layers are processed in groups whose Jacobians fit ``max_memory`` (each group costs one more
+forward and backward sweep).
 
 ``"lanczos"``: fully matrix-free (:mod:`f3ocus.ntk.matfree`): batched Lanczos over all layers, each
 step one vmapped vjp and one vmapped jvp (or double vjp) per layer. Memory is tiny, work is large.
 
 Cost model (multiply-adds; only the ordering matters). With $N$ samples, $M$ kernel outputs,
-$P = \sum_l P_l$ scored parameters and a forward pass of about $2NP$:
+$P = \sum_l P_l$ scored parameters, $L$ layers and $F \ge NP$ the multiply-adds of a forward pass
+(:func:`forward_flops`, counted on one sample, so it sees sequence lengths):
 
-- persample: $(1 + 2M) \cdot 2NP$ (forward, $M$ backprop passes, per-sample contractions) plus, per
-  layer, $\min\big((NM)^2 P_l,\ 4 k NM P_l\big)$; memory $NM \max_l P_l$ elements (the largest
-  Jacobian group) plus the backprops.
-- lanczos: $k \cdot L \cdot 3 \cdot 2 F$, with $F \ge NP$ the multiply-adds of a forward pass
-  counted on one sample (:func:`forward_flops`: it sees sequence lengths); memory $\min(L, \text{chunk}) \cdot P$ elements plus the
+- persample: $(1 + 2M) F$ (forward, $M$ backprop passes, per-sample contractions) plus, per layer,
+  $\min\big((NM)^2 P_l,\ 16 k NM P_l\big)$ (GEMV steps weighted 4x); memory $2 NM \max_l P_l$
+  elements (the largest Jacobian group, plus the backprops).
+- lanczos: $k \cdot L \cdot 3 \cdot 2 F$; memory $\min(L, \text{chunk}) \cdot P$ elements plus the
   Lanczos basis $L k NM$.
 
-with $k$ = 30 expected Lanczos steps.
+with $k$ = 30 expected Lanczos steps (a random start and no structure to exploit).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from f3ocus.ntk.lanczos import lanczos_max_eig, small_eig_threads
 from f3ocus.ntk.matfree import LayerKernelOperator
 from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, register_method
 from f3ocus.ntk.persample import per_sample_jacobian_blocks
-from f3ocus.ntk.problem import NTKProblem
+from f3ocus.ntk.problem import NTKProblem, forward_flops
 
 __all__ = [
     "forward_flops",
@@ -106,7 +106,8 @@ def jacobian_eigs(
         def matvec(v: Tensor) -> Tensor:
             return torch.stack([sum(b @ (b.T @ v[i]) for b in blocks[k]) for i, k in enumerate(krylov)])
 
-        for layer, res in zip(krylov, lanczos_max_eig(matvec, v0, tol=tol, maxiter=maxiter), strict=True):
+        results = lanczos_max_eig(matvec, v0, tol=tol, maxiter=maxiter)
+        for layer, res in zip(krylov, results, strict=True):
             eigs[layer] = _layer_eig(res)
             path[layer] = "lanczos"
     return {k: eigs[k] for k in jacobians}, path
@@ -146,36 +147,11 @@ def persample_cost(problem: NTKProblem) -> Cost:
     """Estimated multiply-adds and peak bytes of ``"persample"`` (see the module docstring)."""
     n, m = problem.num_samples, problem.num_outputs
     sizes = problem.layer_sizes()
-    total = sum(sizes.values())
     rows = n * m
     eig = sum(min(rows * rows, 4 * 4 * EXPECTED_STEPS * rows) * p for p in sizes.values())
-    flops = (1 + 2 * m) * 2.0 * n * total + eig
+    flops = (1 + 2 * m) * forward_flops(problem) + eig
     memory = 2.0 * rows * max(sizes.values(), default=0) * problem.itemsize
     return Cost(flops=float(flops), memory=memory)
-
-
-def forward_flops(problem: NTKProblem) -> float:
-    r"""Multiply-adds of one forward pass over the batch, counted on one sample (cached on the problem).
-
-    Uses ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention) on sample 0
-    and scales by $N$; falls back to the parameter count bound $N P$ where counting fails. Unlike
-    $N P$ it sees sequence lengths (a token-wise Linear costs $S \cdot P_l$ per sample).
-    """
-    if "forward_flops" not in problem._cache:
-        total = sum(problem.layer_sizes().values())
-        estimate = float(problem.num_samples * total)
-        try:
-            from torch.utils._pytree import tree_map
-            from torch.utils.flop_counter import FlopCounterMode
-
-            one = tree_map(lambda t: t[0], problem.per_sample_inputs())
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                problem.sample_outputs(problem.layer_params(), *one)
-            estimate = max(estimate, problem.num_samples * counter.get_total_flops() / 2.0)
-        except Exception:  # noqa: BLE001 - an estimate only; the bound above stands
-            pass
-        problem._cache["forward_flops"] = estimate
-    return problem._cache["forward_flops"]
 
 
 def lanczos_cost(problem: NTKProblem) -> Cost:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-__all__ = ["KERNELS", "NTKProblem"]
+__all__ = ["KERNELS", "NTKProblem", "forward_flops"]
 
 KERNELS = ("output", "sum", "loss")
 
@@ -203,3 +203,27 @@ def _flatten_like(sample: Any, full: Any, n: int) -> list[Any]:
     sample_leaves, _ = tree_flatten(sample)
     it = iter(sample_leaves)
     return [next(it) if _is_batched(f, n) else None for f in full_leaves]
+
+
+def forward_flops(problem: NTKProblem) -> float:
+    r"""Multiply-adds of one forward pass over the batch, counted on one sample (cached on the problem).
+
+    Uses ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention) on sample 0
+    and scales by $N$; falls back to the parameter count bound $N P$ where counting fails. Unlike
+    $N P$ it sees sequence lengths (a token-wise Linear costs $S \cdot P_l$ per sample).
+    """
+    if "forward_flops" not in problem._cache:
+        total = sum(problem.layer_sizes().values())
+        estimate = float(problem.num_samples * total)
+        try:
+            from torch.utils._pytree import tree_map
+            from torch.utils.flop_counter import FlopCounterMode
+
+            one = tree_map(lambda t: t[0], problem.per_sample_inputs())
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                problem.sample_outputs(problem.layer_params(), *one)
+            estimate = max(estimate, problem.num_samples * counter.get_total_flops() / 2.0)
+        except Exception:  # noqa: BLE001 - an estimate only; the bound above stands
+            pass
+        problem._cache["forward_flops"] = estimate
+    return problem._cache["forward_flops"]

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.func import jacrev
 
 from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, register_method
-from f3ocus.ntk.problem import NTKProblem
+from f3ocus.ntk.problem import NTKProblem, forward_flops
 
 __all__ = ["dense_layer_jacobians", "dense_layer_kernels", "dense_method", "ntk_reference"]
 
@@ -69,14 +69,17 @@ def dense_layer_kernels(problem: NTKProblem, *, chunk_size: int | None = None) -
 
 
 def _dense_cost(problem: NTKProblem) -> Cost:
-    """$NM$ vjps (each about three forward passes), the Grams, and one eigvalsh per layer."""
+    """One forward and $NM$ vjps (each about two forward passes), the Grams, one eigvalsh per layer.
+
+    Multiply-adds, with $F$ the forward pass of :func:`~f3ocus.ntk.problem.forward_flops` (the unit
+    the other methods' cost models use too).
+    """
     nm = problem.num_samples * problem.num_outputs
     sizes = problem.layer_sizes()
     total = sum(sizes.values())
-    forward = 2.0 * problem.num_samples * total  # multiply-adds of the scored layers, a lower bound
-    flops = 3.0 * nm * forward + sum(2.0 * nm * nm * p for p in sizes.values()) + len(sizes) * 9.0 * nm**3
+    flops = (1 + 2.0 * nm) * forward_flops(problem) + sum(nm * nm * p for p in sizes.values()) + len(sizes) * 9.0 * nm**3
     memory = (nm * total + 2 * nm * nm) * problem.itemsize
-    return Cost(flops=flops, memory=float(memory))
+    return Cost(flops=float(flops), memory=float(memory))
 
 
 @register_method("dense", cost=_dense_cost)
