@@ -10,7 +10,7 @@ from ntk_helpers import F64, assert_scores_close, dense_scores, kernel_kwargs
 
 from cases import CASE_NAMES, build
 from f3ocus import ntk_layer_importance
-from f3ocus.ntk.factored import _live_tokens, _pass, factored_cost
+from f3ocus.ntk.factored import _layer_bytes, _live_tokens, _pass, factored_cost
 from f3ocus.ntk.importance import scoring_problem
 from f3ocus.ntk.methods import available_methods, get_method
 
@@ -90,3 +90,14 @@ def test_live_tokens_finds_exactly_the_tokens_with_a_nonzero_backprop(live, k, n
         assert got is None
     else:
         assert got.tolist() == [i for i, keep in enumerate(live) if keep]
+
+
+def test_factored_splits_layers_into_groups_under_a_memory_budget():
+    case = build("vit_sdpa", F64, "cpu")
+    whole = ntk_layer_importance(case.model, case.batch, method="factored", seed=0)
+    with scoring_problem(case.model, case.batch) as problem:
+        largest = max(_layer_bytes(problem).values())
+    split = ntk_layer_importance(case.model, case.batch, method="factored", seed=0, max_memory=int(2 * largest))
+    assert whole.stats["extra"]["groups"] == 1 and split.stats["extra"]["groups"] > 1
+    assert split.stats["backward_passes"] == split.stats["extra"]["groups"] * whole.stats["backward_passes"]
+    assert_scores_close(split, whole, rel=1e-7)

@@ -12,24 +12,31 @@ $$ J^\top v = \sum_{n,s} \Big(\sum_k v_{kn} B_{kns}\Big) A_{ns}^\top
 $$ (J u)_{kn} = \sum_s B_{kns} \cdot (u A_{ns}) \quad (\text{one GEMM } NS \times i \times o). $$
 
 A weight used by several calls (a module called twice, weights tied between Linear modules) sums the
-calls in both products. Every other scored parameter (Linear biases, norms, embeddings, convolutions,
-raw parameters, the torch.func fallback) keeps its per-sample rows, exactly as ``"persample"`` builds
-them in the same hooked pass (:mod:`f3ocus.ntk.persample`), and enters the same matvec as
-$R (R^\top v)$. All layers run in one batched Lanczos (:func:`f3ocus.ntk.lanczos.lanczos_max_eig`).
+calls in both products. Tokens whose backprops vanish for every output and sample (after the last
+attention layer of a classifier that reads one token, only that token is left) are dropped from both
+factors. Every other scored parameter (Linear biases, norms, embeddings, convolutions, raw parameters,
+the torch.func fallback) keeps its per-sample rows, exactly as ``"persample"`` builds them in the same
+hooked pass (:mod:`f3ocus.ntk.persample`), and enters the same matvec as $R (R^\top v)$. Layers with no
+factored weight are solved from their rows alone (a small Gram); the others run in one batched Lanczos
+(:func:`f3ocus.ntk.lanczos.lanczos_max_eig`) from random starts, stopped on the relative residual.
 
 Cost model (multiply-adds; see :mod:`f3ocus.ntk.fast`): one forward and $M$ backprop-only passes,
-$(1 + M) F$ with $F$ the forward multiply-adds (:func:`f3ocus.ntk.problem.forward_flops`), plus $k$
+$(1 + M) F$ with $F$ the forward multiply-adds (:func:`f3ocus.ntk.problem.forward_flops`), plus $k = 15$
 Lanczos steps of $2 N S (i + M) o$ per factored weight (two GEMMs and two batched contractions) and
 $4 NM P_l$ per stored row block, with $S \approx F / (N P)$. Memory: the activations and backprops,
-$N S (i + M o)$ elements per Linear weight, the stored rows of the other parameters and the Lanczos basis.
+$N S (i + M o)$ elements per Linear weight, the stored rows of the other parameters and the Lanczos basis;
+layers are grouped so that each group fits ``max_memory`` (one more pass per group).
 
-Per Lanczos step a factored weight costs $2 N S i o$ against $2 N M i o$ for stored rows, so the
-method pays off in memory (no $NM \times P_l$ rows) rather than time whenever $S > M$ (the Gram term
-$(NM)^2 P_l$ of ``"persample"`` grows faster with $N$, though). ``"auto"`` picks it where its estimate
-is the lowest among the methods that fit ``max_memory``, typically where ``"persample"`` does not fit.
+Per Lanczos step a factored weight costs $2 N S i o$, about two forward passes of that weight: with
+$k \approx 10$-$15$ steps the method does $(1 + M) + 2k$ forward passes' worth of work, against
+$(1 + 2M)$ forward passes plus the Grams, $(NM)^2 P_l$ per layer, for ``"persample"``. The Grams grow
+as $N^2$ and the factored steps as $N$, so ``"auto"`` picks this method from moderate batch sizes on,
+and where the per-sample rows do not fit ``max_memory``.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import Tensor, nn
@@ -79,7 +86,11 @@ def _tokens_per_sample(problem: NTKProblem) -> float:
 
 
 def factored_cost(problem: NTKProblem) -> Cost:
-    """Estimated multiply-adds and peak bytes of ``"factored"`` (see the module docstring)."""
+    """Estimated multiply-adds and peak bytes of ``"factored"`` (see the module docstring).
+
+    The memory is that of the largest layer (layers are grouped under ``max_memory``), doubled for the
+    pass's own tensors, plus the Lanczos basis.
+    """
     n, m = problem.num_samples, problem.num_outputs
     sizes = problem.layer_sizes()
     total = sum(sizes.values())
@@ -90,11 +101,8 @@ def factored_cost(problem: NTKProblem) -> Cost:
     rows_p = max(total - factored_p, 0)
     step = sum(2.0 * n * s * (i + m) * o for o, i in linear.values()) + 4.0 * n * m * rows_p
     flops = (1 + m) * fwd + EXPECTED_STEPS * step
-    memory = (
-        sum(n * s * (i + m * o) for o, i in linear.values())
-        + n * m * rows_p
-        + len(sizes) * EXPECTED_STEPS * n * m
-    ) * problem.itemsize
+    largest = max(_layer_bytes(problem).values(), default=0.0)
+    memory = 2 * largest + len(sizes) * EXPECTED_STEPS * n * m * problem.itemsize
     return Cost(flops=float(flops), memory=float(memory))
 
 
@@ -178,6 +186,34 @@ def _pass(problem: NTKProblem, *, chunk_size: int | None, use_hooks: bool = True
     return factors, rows
 
 
+def _layer_bytes(problem: NTKProblem) -> dict[str, float]:
+    """Estimated bytes per layer: its Linear weights' activations and backprops plus its other rows."""
+    n, m = problem.num_samples, problem.num_outputs
+    linear = _linear_shapes(problem)
+    s = _tokens_per_sample(problem)
+    sizes = problem.layer_sizes()
+    out = {}
+    for layer, names in problem.layers.items():
+        fact = [linear[k] for k in names if k in linear]
+        rows_p = max(sizes[layer] - sum(o * i for o, i in fact), 0)
+        out[layer] = (sum(n * s * (i + m * o) for o, i in fact) + n * m * rows_p) * problem.itemsize
+    return out
+
+
+def _factored_groups(problem: NTKProblem, max_memory: int | None) -> list[list[str]]:
+    """Consecutive layer groups whose factors fit ``max_memory`` (at least one layer each)."""
+    budget = float("inf") if max_memory is None else max_memory / 2  # half: factors + the pass's own
+    groups: list[list[str]] = [[]]
+    used = 0.0
+    for layer, need in _layer_bytes(problem).items():
+        if groups[-1] and used + need > budget:
+            groups.append([])
+            used = 0.0
+        groups[-1].append(layer)
+        used += need
+    return groups
+
+
 @register_method("factored", cost=factored_cost)
 def factored_method(
     problem: NTKProblem,
@@ -192,10 +228,47 @@ def factored_method(
 
     Layers without a factored weight are solved from their stored rows as ``"persample"`` does (Gram +
     ``eigvalsh``, or Lanczos on the rows), the others by one batched Lanczos from random starts.
+    Layers are processed in consecutive groups whose factors fit ``max_memory``; each group costs one
+    more forward pass and $M$ backprop passes.
 
     ``chunk_size`` only chunks the torch.func fallback (kernel outputs per ``jacrev`` chunk); the hooked
-    pass keeps the backprops of all ``M`` outputs. ``max_memory`` is not used beyond ``method="auto"``.
+    pass keeps the backprops of all ``M`` outputs.
     """
+    groups = _factored_groups(problem, max_memory)
+    eigs: dict[str, LayerEig] = {}
+    factored: list[str] = []
+    steps = 0
+    for group in groups:
+        sub = (
+            problem
+            if len(groups) == 1
+            else dataclasses.replace(problem, layers={k: problem.layers[k] for k in group})
+        )
+        got, names, used = _solve(sub, tol=tol, maxiter=maxiter, generator=generator, chunk_size=chunk_size)
+        eigs.update(got)
+        factored += names
+        steps += used
+    return MethodResult(
+        eigs={layer: eigs[layer] for layer in problem.layers},
+        backward_passes=len(groups) * problem.num_outputs,
+        matvecs=steps,
+        extra={
+            "factored": sorted(factored),
+            "groups": len(groups),
+            "steps": max((e.iterations for e in eigs.values()), default=0),
+        },
+    )
+
+
+def _solve(
+    problem: NTKProblem,
+    *,
+    tol: float,
+    maxiter: int,
+    generator: torch.Generator | None,
+    chunk_size: int | None,
+) -> tuple[dict[str, LayerEig], list[str], int]:
+    """Eigenvalues of every layer of ``problem`` from one hooked pass: ``(eigs, factored weights, steps)``."""
     n, m = problem.num_samples, problem.num_outputs
     size = n * m
     factors, rows = _pass(problem, chunk_size=chunk_size)
@@ -215,49 +288,37 @@ def factored_method(
     else:
         eigs.update({layer: LayerEig(value=0.0) for layer in plain})
     krylov = [layer for layer in layers if fact[layer]]
-    steps = 0
-    if krylov and size > 0:
-        kd = [dense[layer] for layer in krylov]
-        kf = [fact[layer] for layer in krylov]
-
-        def matvec(v: Tensor) -> Tensor:
-            out = torch.zeros_like(v)
-            for b in range(len(krylov)):
-                vb = v[b]
-                if not bool(vb.any()):  # a converged layer: Lanczos passes zeros
-                    continue
-                acc = out[b]
-                for r in kd[b]:
-                    acc += r @ (r.T @ vb)
-                vn = vb.reshape(m, n).T.unsqueeze(1)  # (N, 1, K)
-                for calls in kf[b]:
-                    # J^T v = sum_calls (sum_k v_kn B_kns)^T A_ns: (o, N S) x (N S, i)
-                    u = None
-                    for a, g, o in calls:
-                        t = torch.bmm(vn, g).reshape(-1, o).T @ a
-                        u = t if u is None else u + t
-                    ut = u.T.contiguous()  # (i, o)
-                    for a, g, _ in calls:
-                        # (J u)_kn = sum_s B_kns . (u A_ns): (N S, i) x (i, o), then one dot per (n, k)
-                        y = (a @ ut).reshape(n, 1, -1)  # (N, 1, S o)
-                        acc += torch.bmm(y, g.transpose(1, 2)).reshape(n, m).T.reshape(-1)
-            return out
-
-        v0 = torch.randn(
-            len(krylov), size, generator=generator, dtype=problem.dtype, device=_gen_device(generator)
-        )
-        results = lanczos_max_eig(matvec, v0.to(problem.device), tol=tol, maxiter=maxiter)
-        for layer, res in zip(krylov, results, strict=True):
-            eigs[layer] = _layer_eig(res)
-        steps = sum(r.iterations for r in results)
-    else:
+    if not krylov or size == 0:
         eigs.update({layer: LayerEig(value=0.0) for layer in krylov})
-    return MethodResult(
-        eigs={layer: eigs[layer] for layer in layers},
-        backward_passes=m,
-        matvecs=steps,
-        extra={
-            "factored": sorted(factors),
-            "steps": max((eigs[k].iterations for k in krylov), default=0),
-        },
-    )
+        return eigs, sorted(factors), 0
+    kd = [dense[layer] for layer in krylov]
+    kf = [fact[layer] for layer in krylov]
+
+    def matvec(v: Tensor) -> Tensor:
+        out = torch.zeros_like(v)
+        for b in range(len(krylov)):
+            vb = v[b]
+            if not bool(vb.any()):  # a converged layer: Lanczos passes zeros
+                continue
+            acc = out[b]
+            for r in kd[b]:
+                acc += r @ (r.T @ vb)
+            vn = vb.reshape(m, n).T.unsqueeze(1)  # (N, 1, K)
+            for calls in kf[b]:
+                # J^T v = sum_calls (sum_k v_kn B_kns)^T A_ns: (o, N S) x (N S, i)
+                u = None
+                for a, g, o in calls:
+                    t = torch.bmm(vn, g).reshape(-1, o).T @ a
+                    u = t if u is None else u + t
+                ut = u.T.contiguous()  # (i, o)
+                for a, g, _ in calls:
+                    # (J u)_kn = sum_s B_kns . (u A_ns): (N S, i) x (i, o), then one dot per (n, k)
+                    y = (a @ ut).reshape(n, 1, -1)  # (N, 1, S o)
+                    acc += torch.bmm(y, g.transpose(1, 2)).reshape(n, m).T.reshape(-1)
+        return out
+
+    v0 = torch.randn(len(krylov), size, generator=generator, dtype=problem.dtype, device=_gen_device(generator))
+    results = lanczos_max_eig(matvec, v0.to(problem.device), tol=tol, maxiter=maxiter)
+    for layer, res in zip(krylov, results, strict=True):
+        eigs[layer] = _layer_eig(res)
+    return eigs, sorted(factors), sum(r.iterations for r in results)
