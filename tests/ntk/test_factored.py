@@ -101,3 +101,19 @@ def test_factored_splits_layers_into_groups_under_a_memory_budget():
     assert whole.stats["extra"]["groups"] == 1 and split.stats["extra"]["groups"] > 1
     assert split.stats["backward_passes"] == split.stats["extra"]["groups"] * whole.stats["backward_passes"]
     assert_scores_close(split, whole, rel=1e-7)
+
+
+def test_auto_picks_factored_when_the_grams_dominate_and_it_matches_dense():
+    """Many kernel rows (N M = 192) and few tokens: the (NM)^2 Grams of "persample" cost most."""
+    g = torch.Generator().manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.GELU(), torch.nn.Linear(16, 8)).to(F64)
+    x = torch.randn(24, 3, 12, generator=g, dtype=F64)  # 3 tokens per sample
+
+    def pooled(out):
+        return out.mean(dim=1)
+
+    got = ntk_layer_importance(model, x, output_fn=pooled, seed=0)
+    assert got.stats["method"] == "factored"
+    costs = got.stats["auto_costs"]
+    assert costs["factored"][0] < costs["persample"][0]
+    assert_scores_close(got, ntk_layer_importance(model, x, output_fn=pooled, method="dense"))

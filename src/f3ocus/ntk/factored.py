@@ -41,6 +41,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
+from f3ocus.ntk.fast import EXPECTED_STEPS as FAST_STEPS
 from f3ocus.ntk.fast import _gen_device, _layer_eig, jacobian_eigs
 from f3ocus.ntk.grad_samplers import GradSampler, _tokens
 from f3ocus.ntk.lanczos import lanczos_max_eig
@@ -88,21 +89,31 @@ def _tokens_per_sample(problem: NTKProblem) -> float:
 def factored_cost(problem: NTKProblem) -> Cost:
     """Estimated multiply-adds and peak bytes of ``"factored"`` (see the module docstring).
 
-    The memory is that of the largest layer (layers are grouped under ``max_memory``), doubled for the
-    pass's own tensors, plus the Lanczos basis.
+    Stored rows (every parameter but the Linear weights) are costed as in
+    :func:`~f3ocus.ntk.fast.persample_cost`: their per-sample contractions, then per layer without a
+    Linear weight the cheaper of Gram and Lanczos on the rows, and in the other layers one GEMV pair per
+    Lanczos step, weighted 4x like every GEMV step. The memory is that of the largest layer (layers
+    are grouped under ``max_memory``), doubled for the pass's own tensors, plus the Lanczos basis.
     """
     n, m = problem.num_samples, problem.num_outputs
+    rows = n * m
     sizes = problem.layer_sizes()
-    total = sum(sizes.values())
+    total = max(sum(sizes.values()), 1)
     linear = _linear_shapes(problem)
     s = _tokens_per_sample(problem)
     fwd = forward_flops(problem)
-    factored_p = sum(o * i for o, i in linear.values())
-    rows_p = max(total - factored_p, 0)
-    step = sum(2.0 * n * s * (i + m) * o for o, i in linear.values()) + 4.0 * n * m * rows_p
-    flops = (1 + m) * fwd + EXPECTED_STEPS * step
+    flops = (1 + m) * fwd
+    for layer, names in problem.layers.items():
+        fact = [linear[k] for k in names if k in linear]
+        rows_p = max(sizes[layer] - sum(o * i for o, i in fact), 0)
+        flops += m * fwd * rows_p / total  # per-sample rows of the other parameters
+        if fact:
+            step = sum(2.0 * n * s * (i + m) * o for o, i in fact) + 4 * 4.0 * rows * rows_p
+            flops += EXPECTED_STEPS * step
+        else:
+            flops += min(rows * rows, 4 * 4 * FAST_STEPS * rows) * rows_p
     largest = max(_layer_bytes(problem).values(), default=0.0)
-    memory = 2 * largest + len(sizes) * EXPECTED_STEPS * n * m * problem.itemsize
+    memory = 2 * largest + len(sizes) * EXPECTED_STEPS * rows * problem.itemsize
     return Cost(flops=float(flops), memory=float(memory))
 
 
