@@ -8,9 +8,19 @@ from ntk_helpers import F64, assert_scores_close, dense_scores, kernel_kwargs
 
 from cases import CASE_NAMES, build
 from f3ocus import ntk_layer_importance
-from f3ocus.ntk.fast import jacobian_eigs, lanczos_cost, persample_cost
+from f3ocus.ntk.factored import _layer_bytes, factored_cost
+from f3ocus.ntk.fast import _groups, jacobian_eigs, lanczos_cost, persample_cost
 from f3ocus.ntk.importance import scoring_problem
-from f3ocus.ntk.methods import available_methods, get_method
+from f3ocus.ntk.methods import (
+    _METHODS,
+    Cost,
+    LayerEig,
+    MethodResult,
+    available_methods,
+    get_method,
+    register_method,
+)
+from f3ocus.ntk.problem import forward_flops
 
 KERNELS = ("output", "sum", "loss")
 # Matrix-free Lanczos costs ~3 backward passes per layer per step: keep it to the quick cases per kernel
@@ -110,3 +120,38 @@ def test_method_option_errors_name_the_option():
         ntk_layer_importance(case.model, case.batch, method="persample", eig="dense")
     with pytest.raises(ValueError, match="mode='fwd' is not a valid choice"):
         ntk_layer_importance(case.model, case.batch, method="lanczos", mode="fwd")
+
+
+def test_cost_models_add_one_pass_per_layer_group_under_a_memory_budget():
+    case = build("vit_sdpa", F64, "cpu")
+    with scoring_problem(case.model, case.batch) as problem:
+        free = persample_cost(problem)
+        largest = max(problem.layer_sizes().values()) * problem.num_samples * problem.num_outputs * 8
+        tight = persample_cost(problem, max_memory=2 * largest)
+        groups = len(_groups(problem, 2 * largest))
+        fwd = forward_flops(problem)
+        f_free = factored_cost(problem)
+        f_tight = factored_cost(problem, max_memory=int(2 * max(_layer_bytes(problem).values())))
+    assert groups > 1
+    one_sweep = (1 + problem.num_outputs) * fwd
+    assert tight.flops == pytest.approx(free.flops + (groups - 1) * one_sweep)
+    assert f_tight.flops > f_free.flops and f_tight.memory == f_free.memory
+
+
+def test_auto_passes_the_memory_budget_to_cost_models_that_take_it():
+    seen = []
+
+    def cost(problem, *, max_memory=None):
+        seen.append(max_memory)
+        return Cost(flops=0.0, memory=1.0)  # the cheapest: auto picks it
+
+    @register_method("budget-aware", cost=cost)
+    def budget_aware(problem, **options):
+        return MethodResult(eigs={k: LayerEig(1.0) for k in problem.layers})
+
+    try:
+        case = build("mlp", F64, "cpu")
+        got = ntk_layer_importance(case.model, case.batch, max_memory=12345)
+        assert got.stats["method"] == "budget-aware" and seen == [12345]
+    finally:
+        _METHODS.pop("budget-aware")

@@ -86,14 +86,15 @@ def _tokens_per_sample(problem: NTKProblem) -> float:
     return max(1.0, forward_flops(problem) / max(problem.num_samples * total, 1))
 
 
-def factored_cost(problem: NTKProblem) -> Cost:
+def factored_cost(problem: NTKProblem, max_memory: int | None = None) -> Cost:
     """Estimated multiply-adds and peak bytes of ``"factored"`` (see the module docstring).
 
     Stored rows (every parameter but the Linear weights) are costed as in
     :func:`~f3ocus.ntk.fast.persample_cost`: their per-sample contractions, then per layer without a
     Linear weight the cheaper of Gram and Lanczos on the rows, and in the other layers one GEMV pair per
     Lanczos step, weighted 4x like every GEMV step. The memory is that of the largest layer (layers
-    are grouped under ``max_memory``), doubled for the pass's own tensors, plus the Lanczos basis.
+    are grouped under ``max_memory``), doubled for the pass's own tensors, plus the Lanczos basis;
+    each group beyond the first adds a forward and $M$ backprop passes.
     """
     n, m = problem.num_samples, problem.num_outputs
     rows = n * m
@@ -102,7 +103,7 @@ def factored_cost(problem: NTKProblem) -> Cost:
     linear = _linear_shapes(problem)
     s = _tokens_per_sample(problem)
     fwd = forward_flops(problem)
-    flops = (1 + m) * fwd
+    flops = (1 + m) * fwd * len(_factored_groups(problem, max_memory))
     for layer, names in problem.layers.items():
         fact = [linear[k] for k in names if k in linear]
         rows_p = max(sizes[layer] - sum(o * i for o, i in fact), 0)

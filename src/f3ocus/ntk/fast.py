@@ -143,13 +143,17 @@ def _groups(problem: NTKProblem, max_memory: int | None) -> list[list[str]]:
     return groups
 
 
-def persample_cost(problem: NTKProblem) -> Cost:
-    """Estimated multiply-adds and peak bytes of ``"persample"`` (see the module docstring)."""
+def persample_cost(problem: NTKProblem, max_memory: int | None = None) -> Cost:
+    """Estimated multiply-adds and peak bytes of ``"persample"`` (see the module docstring).
+
+    With ``max_memory``, each layer group beyond the first adds a forward and $M$ backprop passes.
+    """
     n, m = problem.num_samples, problem.num_outputs
     sizes = problem.layer_sizes()
     rows = n * m
     eig = sum(min(rows * rows, 4 * 4 * EXPECTED_STEPS * rows) * p for p in sizes.values())
-    flops = (1 + 2 * m) * forward_flops(problem) + eig
+    sweeps = len(_groups(problem, max_memory))
+    flops = (1 + 2 * m) * forward_flops(problem) + (sweeps - 1) * (1 + m) * forward_flops(problem) + eig
     memory = 2.0 * rows * max(sizes.values(), default=0) * problem.itemsize
     return Cost(flops=float(flops), memory=memory)
 

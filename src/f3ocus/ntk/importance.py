@@ -52,7 +52,7 @@ def _choose(problem: NTKProblem, max_memory: int) -> tuple[MethodEntry, dict[str
     for name in available_methods():
         entry = get_method(name)
         if entry.cost is not None:
-            costs[name] = entry.cost(problem)
+            costs[name] = entry.estimate(problem, max_memory)
     fits = [name for name, c in costs.items() if c.memory <= max_memory]
     if fits:
         best = min(fits, key=lambda name: costs[name].flops)

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -93,23 +94,35 @@ class MethodEntry:
 
     name: str
     fn: Callable[..., MethodResult]
-    cost: Callable[[NTKProblem], Cost] | None = None
+    cost: Callable[..., Cost] | None = None
 
     def __call__(self, problem: NTKProblem, **options: Any) -> MethodResult:
         return self.fn(problem, **options)
+
+    def estimate(self, problem: NTKProblem, max_memory: int | None = None) -> Cost | None:
+        """The cost model's estimate, given ``max_memory`` when the model takes it (``None``: no model)."""
+        if self.cost is None:
+            return None
+        try:
+            takes_budget = "max_memory" in inspect.signature(self.cost).parameters
+        except (TypeError, ValueError):  # a callable without a signature
+            takes_budget = False
+        return self.cost(problem, max_memory=max_memory) if takes_budget else self.cost(problem)
 
 
 _METHODS: dict[str, MethodEntry] = {}
 
 
 def register_method(
-    name: str, *, cost: Callable[[NTKProblem], Cost] | None = None
+    name: str, *, cost: Callable[..., Cost] | None = None
 ) -> Callable[[Callable[..., MethodResult]], Callable[..., MethodResult]]:
     """Register a scoring method under ``name`` (a decorator; returns the function unchanged).
 
     Args:
         name: The name users pass as ``method=`` to :func:`f3ocus.ntk_layer_importance`.
-        cost: ``problem -> Cost``; methods without one are never chosen by ``method="auto"``.
+        cost: ``problem -> Cost``, or ``(problem, *, max_memory) -> Cost`` for a method whose cost
+            depends on the memory budget (e.g. one more pass per layer group); methods without one
+            are never chosen by ``method="auto"``.
 
     The decorated function is called as ``fn(problem, *, tol, maxiter, generator, chunk_size,
     max_memory, **options)`` and returns a :class:`MethodResult`. Registering a name twice replaces
