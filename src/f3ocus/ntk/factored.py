@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from f3ocus.ntk.fast import EXPECTED_STEPS as FAST_STEPS
-from f3ocus.ntk.fast import _gen_device, _layer_eig, jacobian_eigs
+from f3ocus.ntk.fast import _consecutive_groups, _gen_device, _layer_eig, jacobian_eigs
 from f3ocus.ntk.grad_samplers import GradSampler, _tokens
 from f3ocus.ntk.lanczos import lanczos_max_eig
 from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, register_method
@@ -214,16 +214,7 @@ def _layer_bytes(problem: NTKProblem) -> dict[str, float]:
 
 def _factored_groups(problem: NTKProblem, max_memory: int | None) -> list[list[str]]:
     """Consecutive layer groups whose factors fit ``max_memory`` (at least one layer each)."""
-    budget = float("inf") if max_memory is None else max_memory / 2  # half: factors + the pass's own
-    groups: list[list[str]] = [[]]
-    used = 0.0
-    for layer, need in _layer_bytes(problem).items():
-        if groups[-1] and used + need > budget:
-            groups.append([])
-            used = 0.0
-        groups[-1].append(layer)
-        used += need
-    return groups
+    return _consecutive_groups(_layer_bytes(problem), max_memory)
 
 
 @register_method("factored", cost=factored_cost)

@@ -126,21 +126,27 @@ def _layer_eig(res: Any) -> LayerEig:
     )
 
 
-def _groups(problem: NTKProblem, max_memory: int | None) -> list[list[str]]:
-    """Consecutive layer groups whose Jacobians ``(N M, sum P_l)`` fit ``max_memory`` (at least one each)."""
-    sizes = problem.layer_sizes()
-    row_bytes = problem.num_samples * problem.num_outputs * problem.itemsize
-    budget = float("inf") if max_memory is None else max_memory / 2  # half: rows + backprops
+def _consecutive_groups(needs: dict[str, float], max_memory: int | None) -> list[list[str]]:
+    """Split layers, in order, into groups whose needs sum to at most ``max_memory / 2`` (at least one each).
+
+    Half the budget: the other half is for the pass that produces them (backprops, activations).
+    """
+    budget = float("inf") if max_memory is None else max_memory / 2
     groups: list[list[str]] = [[]]
     used = 0.0
-    for layer, p in sizes.items():
-        need = p * row_bytes
+    for layer, need in needs.items():
         if groups[-1] and used + need > budget:
             groups.append([])
             used = 0.0
         groups[-1].append(layer)
         used += need
     return groups
+
+
+def _groups(problem: NTKProblem, max_memory: int | None) -> list[list[str]]:
+    """Consecutive layer groups whose Jacobians ``(N M, sum P_l)`` fit ``max_memory`` (at least one each)."""
+    row_bytes = problem.num_samples * problem.num_outputs * problem.itemsize
+    return _consecutive_groups({k: p * row_bytes for k, p in problem.layer_sizes().items()}, max_memory)
 
 
 def persample_cost(problem: NTKProblem, max_memory: int | None = None) -> Cost:
