@@ -240,11 +240,13 @@ def _hooked_rows(
         cot = out.new_zeros(k, n, m)
         cot[torch.arange(k), :, torch.arange(start, stop)] = 1.0
         grads = _backprops(out, targets, cot, batched=batched)
-        for (module, sampler, inputs, _, state), g in zip(calls, grads, strict=False):
+        for i, (module, sampler, inputs, _, state) in enumerate(calls):
+            g, grads[i] = grads[i], None  # release each backprop once its rows are built
             if g is None:
                 continue
             with _swapped(module, state):
                 per_param = sampler(module, inputs, g)
+            del g
             for local, per_sample in per_param.items():
                 name = local_to_name.get((id(module), local))
                 if name is not None:
