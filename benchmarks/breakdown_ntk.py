@@ -20,7 +20,13 @@ and counts (``torch.utils.flop_counter`` for passes, closed forms for the rest):
 Each is also given in units of ``fwd_bwd_flops``, a machine-independent view of the floors. Results go
 to ``benchmarks/results/ntk_breakdown_<device>.json``.
 
+``--count-only`` skips the timings and counts on one sample, scaled by $N$ (every count is linear in $N$
+but the Grams, whose closed form is exact), with Linear shapes and token counts from forward hooks and
+``--steps`` Lanczos steps per layer with a Linear weight (no token is dropped): the arithmetic floors of
+a model too large to time here, e.g. ViT-B/16 at $N = 32$ (written to ``ntk_breakdown_<model>_count.json``).
+
     python benchmarks/breakdown_ntk.py --n 16
+    python benchmarks/breakdown_ntk.py --model vit_base --n 32 --count-only
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_ntk import device_tag  # noqa: E402
-from models import vit_small_cifar  # noqa: E402
+from models import vit_base, vit_small_cifar  # noqa: E402
 
 from f3ocus import ntk_layer_importance  # noqa: E402
 from f3ocus.ntk.factored import _pass  # noqa: E402
@@ -79,14 +85,82 @@ def backprops(model: torch.nn.Module, x: torch.Tensor, m: int) -> None:
             h.remove()
 
 
+def count_only(model: torch.nn.Module, img: int, n: int, m: int, steps: int) -> dict:
+    """Closed-form operation counts on one sample, scaled by ``n`` (see the module docstring)."""
+    from f3ocus.layers import resolve_layers
+
+    x1 = torch.randn(1, 3, img, img)
+    shapes: dict[int, tuple[int, int, int]] = {}  # id(weight) -> (tokens, i, o)
+
+    def hook(mod: torch.nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        shapes[id(mod.weight)] = (inputs[0].numel() // mod.in_features, mod.in_features, mod.out_features)
+
+    linears = [mod for mod in model.modules() if type(mod) is torch.nn.Linear]
+    handles = [mod.register_forward_hook(hook) for mod in linears]
+    try:
+        with torch.no_grad():
+            model(x1)
+    finally:
+        for h in handles:
+            h.remove()
+
+    def fwd_bwd() -> None:
+        model.zero_grad(set_to_none=True)
+        model(x1).sum().backward()
+
+    params = dict(model.named_parameters())
+    layers = resolve_layers(model)
+    rows = n * m
+    flops = {
+        "fwd_bwd": n * flops_of(fwd_bwd),
+        "backprops": n * flops_of(lambda: backprops(model, x1, m)),
+        "gram": sum(2.0 * rows * rows * sum(params[k].numel() for k in names) for names in layers.values()),
+        "rows": 0.0,
+        "lanczos_step": 0.0,
+    }
+    for names in layers.values():
+        for k in names:
+            if id(params[k]) in shapes:
+                tokens, i, o = shapes[id(params[k])]
+                flops["rows"] += 2.0 * rows * tokens * i * o
+                flops["lanczos_step"] += 4.0 * n * tokens * (i + m) * o
+    flops["lanczos_all_steps"] = steps * flops["lanczos_step"]
+    return flops
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("vit_small", "vit_base"), default="vit_small")
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--count-only", action="store_true", help="operation counts only, no timings")
+    parser.add_argument("--steps", type=int, default=13, help="Lanczos steps per layer for --count-only")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     device = torch.device("cpu")
+    if args.count_only:
+        make, img = {"vit_small": (vit_small_cifar, 32), "vit_base": (vit_base, 224)}[args.model]
+        model = make(num_classes=args.classes, generator=torch.Generator().manual_seed(0)).eval()
+        flops = count_only(model, img, args.n, args.classes, args.steps)
+        result = {
+            "benchmark": "ntk_breakdown_count",
+            "model": args.model,
+            "n": args.n,
+            "classes": args.classes,
+            "steps": args.steps,
+            "flops": flops,
+            "flops_in_fwd_bwd": {k: v / flops["fwd_bwd"] for k, v in flops.items()},
+        }
+        name = f"ntk_breakdown_{args.model}_count.json"
+        out = Path(args.out or Path(__file__).parent / "results" / name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print("flops_in_fwd_bwd", {k: round(v, 2) for k, v in result["flops_in_fwd_bwd"].items()})
+        print(f"wrote {out}")
+        return result
+    if args.model != "vit_small":
+        parser.error("timings run on vit_small only; use --count-only for vit_base")
     generator = torch.Generator().manual_seed(0)
     model = vit_small_cifar(num_classes=args.classes, generator=generator).eval()
     x = torch.randn(args.n, 3, 32, 32, generator=generator)
