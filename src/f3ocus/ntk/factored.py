@@ -36,13 +36,11 @@ and where the per-sample rows do not fit ``max_memory``.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import Tensor, nn
 
 from f3ocus.ntk.fast import EXPECTED_STEPS as FAST_STEPS
-from f3ocus.ntk.fast import _consecutive_groups, _gen_device, _layer_eig, jacobian_eigs
+from f3ocus.ntk.fast import _consecutive_groups, _gen_device, _layer_eig, _subproblem, jacobian_eigs
 from f3ocus.ntk.grad_samplers import GradSampler, _tokens
 from f3ocus.ntk.lanczos import lanczos_max_eig
 from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, register_method
@@ -242,11 +240,7 @@ def factored_method(
     factored: list[str] = []
     steps = 0
     for group in groups:
-        sub = (
-            problem
-            if len(groups) == 1
-            else dataclasses.replace(problem, layers={k: problem.layers[k] for k in group})
-        )
+        sub = _subproblem(problem, group)
         got, names, used = _solve(sub, tol=tol, maxiter=maxiter, generator=generator, chunk_size=chunk_size)
         eigs.update(got)
         factored += names

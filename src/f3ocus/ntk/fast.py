@@ -143,6 +143,13 @@ def _consecutive_groups(needs: dict[str, float], max_memory: int | None) -> list
     return groups
 
 
+def _subproblem(problem: NTKProblem, group: list[str]) -> NTKProblem:
+    """``problem`` restricted to the layers of ``group`` (``problem`` itself when that is all of them)."""
+    if len(group) == len(problem.layers):
+        return problem
+    return dataclasses.replace(problem, layers={k: problem.layers[k] for k in group})
+
+
 def _groups(problem: NTKProblem, max_memory: int | None) -> list[list[str]]:
     """Consecutive layer groups whose Jacobians ``(N M, sum P_l)`` fit ``max_memory`` (at least one each)."""
     row_bytes = problem.num_samples * problem.num_outputs * problem.itemsize
@@ -201,11 +208,7 @@ def persample_method(
     paths: dict[str, str] = {}
     groups = _groups(problem, max_memory)
     for group in groups:
-        sub = (
-            problem
-            if len(groups) == 1
-            else dataclasses.replace(problem, layers={k: problem.layers[k] for k in group})
-        )
+        sub = _subproblem(problem, group)
         jac = per_sample_jacobian_blocks(
             sub, chunk_size=chunk_size, use_hooks=use_hooks, batched=batched, sample_major=False
         )
