@@ -10,21 +10,35 @@ from ntk_helpers import F64, assert_scores_close, dense_scores, kernel_kwargs
 
 from cases import CASE_NAMES, build
 from f3ocus import ntk_layer_importance
-from f3ocus.ntk.factored import _layer_bytes, _live_tokens, _pass, factored_cost
+from f3ocus.ntk.factored import (
+    _layer_bytes,
+    _layer_costs,
+    _live_tokens,
+    _pass,
+    _weight_gram,
+    _weight_gram_costs,
+    factored_cost,
+)
 from f3ocus.ntk.importance import scoring_problem
 from f3ocus.ntk.methods import available_methods, get_method
 
 
+@pytest.mark.parametrize("eig", ("auto", "gram", "lanczos"))
 @pytest.mark.parametrize("kernel", ("output", "sum"))
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_factored_matches_dense_reference(name, kernel):
+def test_factored_matches_dense_reference(name, kernel, eig):
     ref = dense_scores(name, kernel)
     if ref is None:
         pytest.skip(f"case {name!r} fixes its own kernel")
     case = build(name, F64, "cpu")
-    got = ntk_layer_importance(case.model, case.batch, method="factored", seed=0, **kernel_kwargs(case, kernel))
+    got = ntk_layer_importance(
+        case.model, case.batch, method="factored", seed=0, eig=eig, **kernel_kwargs(case, kernel)
+    )
     assert_scores_close(got, ref)
     assert got.stats["method"] == "factored" and got.stats["converged"]
+    paths = set(got.stats["extra"]["path"].values()) - {"zero"}
+    if eig != "auto":
+        assert paths <= {eig}
 
 
 def test_factored_is_registered_with_a_cost_model():
@@ -97,7 +111,9 @@ def test_factored_splits_layers_into_groups_under_a_memory_budget():
     whole = ntk_layer_importance(case.model, case.batch, method="factored", seed=0)
     with scoring_problem(case.model, case.batch) as problem:
         largest = max(_layer_bytes(problem).values())
-    split = ntk_layer_importance(case.model, case.batch, method="factored", seed=0, max_memory=int(2 * largest))
+    split = ntk_layer_importance(
+        case.model, case.batch, method="factored", seed=0, max_memory=int(2 * largest)
+    )
     assert whole.stats["extra"]["groups"] == 1 and split.stats["extra"]["groups"] > 1
     assert split.stats["backward_passes"] == split.stats["extra"]["groups"] * whole.stats["backward_passes"]
     assert_scores_close(split, whole, rel=1e-7)
@@ -116,4 +132,57 @@ def test_auto_picks_factored_when_the_grams_dominate_and_it_matches_dense():
     assert got.stats["method"] == "factored"
     costs = got.stats["auto_costs"]
     assert costs["factored"][0] < costs["persample"][0]
+    # Few tokens, many rows: the factored Lanczos is cheaper than any Gram, in every layer.
+    assert set(got.stats["extra"]["path"].values()) == {"lanczos"}
     assert_scores_close(got, ntk_layer_importance(model, x, output_fn=pooled, method="dense"))
+
+
+def test_auto_builds_the_gram_from_the_factors_when_rows_are_few_and_tokens_many():
+    """N M = 6 rows, 40 tokens: a 6 x 6 Gram built a chunk of rows at a time beats any Lanczos."""
+    g = torch.Generator().manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.GELU(), torch.nn.Linear(16, 3)).to(F64)
+    x = torch.randn(2, 40, 12, generator=g, dtype=F64)
+
+    def pooled(out):
+        return out.mean(dim=1)
+
+    got = ntk_layer_importance(model, x, output_fn=pooled, method="factored", seed=0)
+    assert set(got.stats["extra"]["path"].values()) == {"gram"}
+    assert got.stats["matvecs"] == 0 and got.stats["extra"]["factored"] == ["0.weight", "2.weight"]
+    gram, lanczos = _layer_costs(2, 3, [(16, 12, 40.0)], 16)
+    assert gram < lanczos
+    assert_scores_close(got, ntk_layer_importance(model, x, output_fn=pooled, method="dense"))
+
+
+def test_factored_rejects_an_unknown_eig_option():
+    case = build("mlp", F64, "cpu")
+    with pytest.raises(ValueError, match=r"eig.*'dense'.*auto.*gram.*lanczos"):
+        ntk_layer_importance(case.model, case.batch, method="factored", eig="dense")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 4),
+    m=st.integers(1, 3),
+    s=st.integers(1, 6),
+    o=st.integers(1, 5),
+    i=st.integers(1, 5),
+    chunk=st.integers(1, 200),
+    how=st.sampled_from(("rows", "kernel", "auto")),
+    seed=st.integers(0, 1000),
+)
+def test_weight_gram_matches_the_gram_of_explicit_rows(n, m, s, o, i, chunk, how, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, s, i, generator=g, dtype=F64)
+    b = torch.randn(n, m, s, o, generator=g, dtype=F64)
+    rows = torch.einsum("nkso,nsi->nkoi", b, a).reshape(n * m, o * i)  # d F_nk / d W, sample-major
+    got = torch.full((n * m, n * m), 0.5, dtype=F64)  # it adds to what is there
+    _weight_gram(a, b, got, how=how, chunk=chunk)
+    torch.testing.assert_close(got, rows @ rows.T + 0.5, rtol=1e-12, atol=1e-12)
+
+
+def test_weight_gram_costs_prefer_token_kernels_only_when_few_tokens_are_left():
+    by_rows, by_kernel, fits = _weight_gram_costs(16, 10, 768, 192, 1.0)  # class token only
+    assert fits and by_kernel < by_rows / 100
+    by_rows, by_kernel, _ = _weight_gram_costs(16, 10, 768, 192, 65.0)  # every token
+    assert by_rows < by_kernel

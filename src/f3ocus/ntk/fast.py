@@ -14,7 +14,8 @@ Cost model (multiply-adds; only the ordering matters). With $N$ samples, $M$ ker
 $P = \sum_l P_l$ scored parameters, $L$ layers and $F \ge NP$ the multiply-adds of a forward pass
 (:func:`forward_flops`, counted on one sample, so it sees sequence lengths):
 
-- persample: $(1 + 2M) F$ (forward, $M$ backprop passes, per-sample contractions) plus, per layer,
+- persample: $(1 + 3M) F$ (forward, $M$ backprop passes, per-sample contractions weighted 2x:
+  every row is written to fresh memory, which runs at about a third of GEMM speed) plus, per layer,
   $\min\big((NM)^2 P_l,\ 16 k NM P_l\big)$ (GEMV steps weighted 4x); memory $2 NM \max_l P_l$
   elements (the largest Jacobian group, plus the backprops).
 - lanczos: $k \cdot L \cdot 3 \cdot 2 F$; memory $\min(L, \text{chunk}) \cdot P$ elements plus the
@@ -48,6 +49,9 @@ __all__ = [
 ]
 
 EXPECTED_STEPS = 30
+# Per-sample contractions that write every row to fresh memory ran at 54 GFLOPS on the CPU benchmark,
+# against 160-170 for the Grams' GEMMs: the cost models weigh them 2x.
+ROWS_WEIGHT = 2.0
 
 
 def _uses_gram(rows: int, steps: int = EXPECTED_STEPS) -> bool:
@@ -166,7 +170,11 @@ def persample_cost(problem: NTKProblem, max_memory: int | None = None) -> Cost:
     rows = n * m
     eig = sum(min(rows * rows, 4 * 4 * EXPECTED_STEPS * rows) * p for p in sizes.values())
     sweeps = len(_groups(problem, max_memory))
-    flops = (1 + 2 * m) * forward_flops(problem) + (sweeps - 1) * (1 + m) * forward_flops(problem) + eig
+    flops = (
+        (1 + m + ROWS_WEIGHT * m) * forward_flops(problem)
+        + (sweeps - 1) * (1 + m) * forward_flops(problem)
+        + eig
+    )
     memory = 2.0 * rows * max(sizes.values(), default=0) * problem.itemsize
     return Cost(flops=float(flops), memory=memory)
 
