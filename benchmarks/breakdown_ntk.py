@@ -4,8 +4,9 @@ On the small ViT of ``bench_ntk.py`` it times, medians over ``--repeats`` runs:
 
 - ``fwd+bwd``: one forward and backward pass of the batch (the unit of every ratio);
 - ``backprops``: the forward pass and the $M$ backprop-only backward passes (vmapped), alone;
-- ``factored``: the whole ``"factored"`` method, its hooked pass (forward, backprops, factors) and the
-  rest (Lanczos);
+- ``factored_lanczos`` / ``factored_gram``: the whole ``"factored"`` method with every layer solved by
+  Lanczos (``eig="lanczos"``) or by a Gram built from the factors (``eig="gram"``), its hooked pass
+  (forward, backprops, factors) and the rest of each (``lanczos_part``, ``gram_part``);
 - ``persample``: the whole ``"persample"`` method, its per-sample rows and the rest (Grams, eigvalsh).
 
 and counts (``torch.utils.flop_counter`` for passes, closed forms for the rest):
@@ -174,9 +175,14 @@ def main(argv: list[str] | None = None) -> dict:
         "fwd_bwd": median_seconds(fwd_bwd, args.repeats),
         "backprops": median_seconds(lambda: backprops(model, x, m), args.repeats),
     }
-    for method in ("factored", "persample"):
-        seconds[method] = median_seconds(
-            lambda method=method: ntk_layer_importance(model, x, method=method, seed=0), args.repeats
+    runs = {
+        "factored_lanczos": dict(method="factored", eig="lanczos"),
+        "factored_gram": dict(method="factored", eig="gram"),
+        "persample": dict(method="persample"),
+    }
+    for key, kw in runs.items():
+        seconds[key] = median_seconds(
+            lambda kw=kw: ntk_layer_importance(model, x, seed=0, **kw), args.repeats
         )
     with scoring_problem(model, x) as problem:
         seconds["factored_pass"] = median_seconds(lambda: _pass(problem, chunk_size=None), args.repeats)
@@ -185,9 +191,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
         factors, _ = _pass(problem, chunk_size=None)
         sizes = problem.layer_sizes()
-    seconds["factored_lanczos"] = seconds["factored"] - seconds["factored_pass"]
+    seconds["lanczos_part"] = seconds["factored_lanczos"] - seconds["factored_pass"]
+    seconds["gram_part"] = seconds["factored_gram"] - seconds["factored_pass"]
     seconds["persample_grams"] = seconds["persample"] - seconds["persample_rows"]
-    steps = ntk_layer_importance(model, x, method="factored", seed=0).stats["iterations"]
+    steps = ntk_layer_importance(model, x, method="factored", eig="lanczos", seed=0).stats["iterations"]
 
     rows = n * m
     flops = {

@@ -8,8 +8,8 @@ $B$ instead, and each layer is solved in the cheaper of two ways (``eig="auto"``
 :func:`_layer_costs`):
 
 *Gram*: $\Theta_l = J_l J_l^\top$ is accumulated weight by weight from the factors, building the rows
-of a chunk of output features at a time (about 4 MB, so they stay in cache) and adding their Gram; or,
-when few tokens are left, from token kernels,
+of a chunk of output features at a time (about 4 MB on a CPU, so they stay in cache) and adding
+their Gram; or, when few tokens are left, from token kernels,
 $\Theta_{kn,jp} = \sum_{s,t} (B_{kns} \cdot B_{jpt})(A_{ns} \cdot A_{pt})$. Then ``eigvalsh``:
 exact and deterministic. Cost $NM S\, o i + (NM)^2 o i$ per weight.
 
@@ -397,6 +397,8 @@ def _solve(
         eigs.update({layer: LayerEig(value=0.0) for layer in with_factors})
         path.update({layer: "zero" for layer in with_factors})
         return eigs, names, 0, path
+    # Rows per Gram chunk: a few MB stay in a CPU's cache; a GPU wants few, large GEMMs.
+    chunk = 2**20 if problem.device.type == "cpu" else 2**26
     krylov = []
     for layer in with_factors:
         if eig == "auto":
@@ -410,7 +412,7 @@ def _solve(
             continue
         theta = torch.zeros(size, size, dtype=problem.dtype, device=problem.device)  # sample-major
         for a, b in fact[layer]:
-            _weight_gram(a, b, theta)
+            _weight_gram(a, b, theta, chunk=chunk)
         theta = theta.reshape(n, m, n, m).permute(1, 0, 3, 2).reshape(size, size)  # output-major
         for r in dense[layer]:
             theta.addmm_(r, r.T)
