@@ -163,9 +163,9 @@ def _capturing_sampler(
         if name in factors:
             live = _live_tokens(g)
             a_w, g_w = (a, g) if live is None else (a[:, live], g[:, :, live])
-            # A (N*S, i) and B laid out (N, K, S*o), so that both products are batched GEMMs over n.
-            gp = g_w.transpose(0, 1).reshape(g_w.shape[1], g_w.shape[0], -1).contiguous()
-            factors[name].append((a_w.reshape(-1, a_w.shape[-1]), gp, g_w.shape[-1]))
+            # A (N*S, i) and B (N, K, S, o), a view of the backprops: the Grams copy a chunk at a time
+            # anyway, and only a layer solved by Lanczos lays B out (N, K, S*o) contiguously.
+            factors[name].append((a_w.reshape(-1, a_w.shape[-1]), g_w.transpose(0, 1), g_w.shape[-1]))
             if name not in placed:
                 placed.add(name)
                 out["weight"] = g.new_zeros(()).expand(*g.shape[:2], *module.weight.shape)
@@ -181,8 +181,9 @@ def _capturing_sampler(
 def _pass(problem: NTKProblem, *, chunk_size: int | None, use_hooks: bool = True):
     """One hooked pass: ``(factors, rows)``.
 
-    ``factors``: weight name -> list of ``(A (N*S, i), B (N, M, S*o), o)`` per call; ``rows``: every other
-    scored parameter -> rows ``(M, N, *shape)`` (output-major), as :mod:`f3ocus.ntk.persample` builds them.
+    ``factors``: weight name -> list of ``(A (N*S, i), B (N, M, S, o) (a view), o)`` per call;
+    ``rows``: every other scored parameter -> rows ``(M, N, *shape)`` (output-major), as
+    :mod:`f3ocus.ntk.persample` builds them.
     """
     params = problem.layer_params()
     exclude: frozenset[int] = frozenset()
@@ -284,7 +285,7 @@ def _tokens_of(calls: list[tuple[Tensor, Tensor, int]], n: int, m: int) -> tuple
     The rows are $\sum_{\text{calls}} \sum_s B_s A_s^\top$, a sum over the joined token axis.
     """
     a = [a.reshape(n, -1, a.shape[-1]) for a, _, _ in calls]
-    b = [g.reshape(n, m, -1, o) for _, g, o in calls]
+    b = [g.reshape(n, m, -1, o) for _, g, o in calls]  # views
     if len(calls) == 1:
         return a[0], b[0]
     return torch.cat(a, dim=1), torch.cat(b, dim=2)
