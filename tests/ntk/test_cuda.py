@@ -18,13 +18,21 @@ pytestmark = [
 CASES = ["mlp", "cnn_groupnorm_batchnorm", "vit_sdpa", "embedding", "weight_sharing", "mlp_loss"]
 
 
-@pytest.mark.parametrize("method", ["persample", "lanczos", "factored"])
+METHODS = [
+    ("persample", {}),
+    ("lanczos", {}),
+    ("factored", {"eig": "gram"}),  # chunks of 2**26 elements on a GPU
+    ("factored", {"eig": "lanczos"}),
+]
+
+
+@pytest.mark.parametrize("method,options", METHODS, ids=["persample", "lanczos", "factored-gram", "factored-lanczos"])
 @pytest.mark.parametrize("name", CASES)
-def test_cuda_matches_cpu(name, method):
+def test_cuda_matches_cpu(name, method, options):
     cpu = build(name, torch.float64, "cpu")
     gpu = build(name, torch.float64, "cuda")
     want = ntk_layer_importance(cpu.model, cpu.batch, method="dense", **cpu.kwargs)
-    got = ntk_layer_importance(gpu.model, gpu.batch, method=method, seed=0, **gpu.kwargs)
+    got = ntk_layer_importance(gpu.model, gpu.batch, method=method, seed=0, **options, **gpu.kwargs)
     assert got.stats["device"].startswith("cuda")
     for layer in want:
         assert got[layer] == pytest.approx(want[layer], rel=1e-6, abs=1e-12 * max(want.values()))
