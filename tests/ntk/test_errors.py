@@ -16,11 +16,13 @@ F64 = torch.float64
 
 
 def _mlp():
-    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Dropout(0.2), nn.Linear(4, 2)).double()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Dropout(0.2), nn.Linear(4, 2)).double()
     return model.train()
 
 
-X = torch.randn(5, 3, dtype=F64)
+X = torch.randn(5, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
 Y = torch.tensor([0, 1, 1, 0, 1])
 
 
@@ -84,7 +86,7 @@ CASES = {
     "output leading dim": (lambda: (Returns(lambda y: y.T), X, {}), ValueError, r"the model output must have leading dimension 5 \(the batch size\), got Tensor of shape \(2, 5\)"),
     "integer output": (lambda: (Returns(lambda y: y.argmax(1)), X, {}), TypeError, r"the model output must be a floating tensor"),
     "nan output": (lambda: (Returns(lambda y: y / 0.0 * 0.0), X, {}), ValueError, r"the model output holds NaN/Inf values"),
-    "custom output nan": (lambda: (_mlp(), X, {"output_fn": lambda y: y.log()}), ValueError, r"output_fn\(model output\) holds NaN/Inf"),
+    "custom output nan": (lambda: (_mlp(), X, {"output_fn": lambda y: (-1.0 - y.abs()).log()}), ValueError, r"output_fn\(model output\) holds NaN/Inf"),
     # layers
     "unknown layer": (lambda: (_mlp(), X, {"layers": ["0", "3.weigth"]}), ValueError, r"layers='3.weigth' is neither a module nor a parameter of the model. Close valid names: '3.weight'"),
     "layer without trainable params": (lambda: (_mlp(), X, {"layers": ["0", "1"]}), ValueError, r"layer '1' has no trainable parameters"),
