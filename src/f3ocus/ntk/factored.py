@@ -53,10 +53,11 @@ from f3ocus.ntk.fast import (
     _gen_device,
     _layer_eig,
     _subproblem,
+    gram_top_eig,
     jacobian_eigs,
 )
 from f3ocus.ntk.grad_samplers import GradSampler, _tokens
-from f3ocus.ntk.lanczos import lanczos_max_eig, small_eig_threads
+from f3ocus.ntk.lanczos import lanczos_max_eig
 from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, register_method
 from f3ocus.ntk.persample import JacobianPlan, _fallback_rows, _hooked_rows, jacobian_plan
 from f3ocus.ntk.problem import NTKProblem, forward_flops
@@ -417,9 +418,7 @@ def _solve(
         theta = theta.reshape(n, m, n, m).permute(1, 0, 3, 2).reshape(size, size)  # output-major
         for r in dense[layer]:
             theta.addmm_(r, r.T)
-        with small_eig_threads(theta.device):
-            top = torch.linalg.eigvalsh(theta.to(torch.float64))[-1].item()
-        eigs[layer], path[layer] = LayerEig(value=max(top, 0.0)), "gram"
+        eigs[layer], path[layer] = gram_top_eig(theta), "gram"
         fact[layer] = dense[layer] = []  # release this layer's factors
     if not krylov:
         return eigs, names, 0, path

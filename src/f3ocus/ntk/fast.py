@@ -98,9 +98,7 @@ def jacobian_eigs(
             krylov.append(layer)
     # All GEMMs first, then the small eigenproblems (float64, one CPU thread: see small_eig_threads).
     for layer, gram in grams.items():
-        with small_eig_threads(gram.device):
-            top = torch.linalg.eigvalsh(gram.to(torch.float64))[-1].item()
-        eigs[layer], path[layer] = LayerEig(value=max(top, 0.0)), "gram"
+        eigs[layer], path[layer] = gram_top_eig(gram), "gram"
     if krylov:
         first = blocks[krylov[0]][0]
         v0 = torch.randn(
@@ -115,6 +113,13 @@ def jacobian_eigs(
             eigs[layer] = _layer_eig(res)
             path[layer] = "lanczos"
     return {k: eigs[k] for k in jacobians}, path
+
+
+def gram_top_eig(gram: Tensor) -> LayerEig:
+    """$\\lambda_{\\max}$ of a PSD Gram by ``eigvalsh`` in float64 (one CPU thread: :func:`small_eig_threads`)."""
+    with small_eig_threads(gram.device):
+        top = torch.linalg.eigvalsh(gram.to(torch.float64))[-1].item()
+    return LayerEig(value=max(top, 0.0))
 
 
 def _gen_device(generator: torch.Generator | None) -> torch.device | str:
