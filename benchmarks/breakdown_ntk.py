@@ -47,9 +47,9 @@ from bench_ntk import device_tag  # noqa: E402
 from models import vit_base, vit_small_cifar  # noqa: E402
 
 from f3ocus import ntk_layer_importance  # noqa: E402
-from f3ocus.ntk.factored import _pass  # noqa: E402
-from f3ocus.ntk.persample import per_sample_jacobian_blocks  # noqa: E402
+from f3ocus.ntk.factors import hooked_factors as _pass  # noqa: E402
 from f3ocus.ntk.prepare import scoring_problem  # noqa: E402
+from f3ocus.ntk.rows import per_sample_jacobian_blocks  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -8,7 +8,7 @@ import torch
 from cases import build
 from f3ocus import ntk_layer_importance
 from f3ocus.ntk.importance import scoring_problem
-from f3ocus.ntk.persample import per_sample_jacobians
+from f3ocus.ntk.rows import per_sample_jacobians
 
 pytestmark = [
     pytest.mark.cuda,

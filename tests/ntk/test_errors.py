@@ -56,6 +56,9 @@ CASES = {
     "dtype": (lambda: (_mlp(), X, {"dtype": torch.int64}), TypeError, r"dtype must be a floating torch.dtype"),
     "output_fn not callable": (lambda: (_mlp(), X, {"output_fn": "logits"}), TypeError, r"output_fn must be callable, got 'logits'"),
     "dense options": (lambda: (_mlp(), X, {"method": "dense", "flavour": 1}), TypeError, r"method='dense' takes no options \['flavour'\]"),
+    "option of another method": (lambda: (_mlp(), X, {"method": "lanczos", "eig": "gram"}), TypeError, r"method='lanczos' takes no options \['eig'\] \(its options: \['mode'\]\); 'eig' is an option of method .*'persample'"),
+    "misspelt option": (lambda: (_mlp(), X, {"method": "persample", "use_hook": False}), TypeError, r"'use_hook' is no method's option: did you mean 'use_hooks'\?"),
+    "auto clashing options": (lambda: (_mlp(), X, {"eig": "gram", "mode": "vjp"}), TypeError, r"method='auto' can choose no method that takes all of the options \['eig', 'mode'\]"),
     # kernel="loss"
     "loss without loss_fn": (lambda: (_mlp(), X, {"kernel": "loss", "targets": Y}), ValueError, r"kernel='loss' needs loss_fn and targets, but loss_fn is missing"),
     "loss without both": (lambda: (_mlp(), X, {"kernel": "loss"}), ValueError, r"but loss_fn and targets are missing.*reduction='none'"),

@@ -10,17 +10,13 @@ from ntk_helpers import F64, assert_scores_close, dense_scores, kernel_kwargs
 
 from cases import CASE_NAMES, build
 from f3ocus import ntk_layer_importance
-from f3ocus.ntk.factored import (
-    _layer_bytes,
-    _layer_costs,
-    _live_tokens,
-    _pass,
-    _weight_gram,
-    _weight_gram_costs,
-    factored_cost,
-)
+from f3ocus.ntk.factors import hooked_factors as _pass
+from f3ocus.ntk.factors import live_tokens as _live_tokens
+from f3ocus.ntk.factors import weight_gram as _weight_gram
+from f3ocus.ntk.factors import weight_gram_costs as _weight_gram_costs
 from f3ocus.ntk.importance import scoring_problem
 from f3ocus.ntk.methods import available_methods, get_method
+from f3ocus.ntk.methods.factored import _layer_bytes, _layer_costs, factored_cost
 
 
 @pytest.mark.parametrize("eig", ("auto", "gram", "lanczos"))

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from f3ocus.errors import NotConvergedError
-from f3ocus.ntk.lanczos import lanczos_max_eig
+from f3ocus.ntk.linalg import lanczos_max_eig
 
 F64 = torch.float64
 

@@ -8,10 +8,14 @@ from ntk_helpers import F64, assert_scores_close, dense_scores, kernel_kwargs
 
 from cases import CASE_NAMES, build
 from f3ocus import ntk_layer_importance
-from f3ocus.ntk.factored import _layer_bytes, factored_cost
-from f3ocus.ntk.fast import _groups, jacobian_eigs, lanczos_cost, persample_cost
+from f3ocus.ntk.grouping import row_groups as _groups
 from f3ocus.ntk.importance import scoring_problem
-from f3ocus.ntk.methods import (
+from f3ocus.ntk.linalg import rows_top_eigs as jacobian_eigs
+from f3ocus.ntk.methods.factored import _layer_bytes, factored_cost
+from f3ocus.ntk.methods.lanczos import lanczos_cost
+from f3ocus.ntk.methods.persample import persample_cost
+from f3ocus.ntk.problem import forward_flops
+from f3ocus.ntk.registry import (
     _METHODS,
     Cost,
     LayerEig,
@@ -20,7 +24,6 @@ from f3ocus.ntk.methods import (
     get_method,
     register_method,
 )
-from f3ocus.ntk.problem import forward_flops
 
 KERNELS = ("output", "sum", "loss")
 # Matrix-free Lanczos costs ~3 backward passes per layer per step: keep it to the quick cases per kernel
@@ -155,3 +158,30 @@ def test_auto_passes_the_memory_budget_to_cost_models_that_take_it():
         assert got.stats["method"] == "budget-aware" and seen == [12345]
     finally:
         _METHODS.pop("budget-aware")
+
+
+def test_auto_only_considers_methods_that_take_the_given_options():
+    case = build("mlp", F64, "cpu")
+    got = ntk_layer_importance(case.model, case.batch, seed=0, mode="vjp")
+    assert got.stats["method"] == "lanczos"
+    assert set(got.stats["auto_costs"]) == {"lanczos"}
+    got = ntk_layer_importance(case.model, case.batch, seed=0, eig="gram")
+    assert set(got.stats["auto_costs"]) == {"persample", "factored"}
+    assert_scores_close(got, dense_scores("mlp", "output"))
+
+
+def test_options_are_checked_before_any_work():
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+        def forward(self, x):
+            calls.append(1)
+            return self.lin(x)
+
+    with pytest.raises(TypeError, match="takes no options"):
+        ntk_layer_importance(Spy(), torch.randn(3, 2), method="dense", eig="gram")
+    assert calls == []

@@ -14,8 +14,8 @@ from f3ocus import ntk_layer_importance
 from f3ocus.ntk import grad_samplers
 from f3ocus.ntk.grad_samplers import get_grad_sampler, register_grad_sampler, registered_types
 from f3ocus.ntk.importance import scoring_problem
-from f3ocus.ntk.persample import _hooked_rows, jacobian_plan, per_sample_jacobians
 from f3ocus.ntk.reference import dense_layer_jacobians
+from f3ocus.ntk.rows import _hooked_rows, jacobian_plan, per_sample_jacobians
 
 F64 = torch.float64
 

@@ -15,7 +15,7 @@ tensor ``(K, N, *param.shape)``. Because samples do not interact in eval mode, t
 $(n, m)$ is zero outside sample $n$, so the batched backprop of output $m$ carries every sample's row.
 
 Register a sampler for your own module type with :func:`register_grad_sampler`; modules without one
-are handled by the ``torch.func`` fallback in :mod:`f3ocus.ntk.persample`.
+are handled by the ``torch.func`` fallback in :mod:`f3ocus.ntk.rows`.
 
 Example::
 

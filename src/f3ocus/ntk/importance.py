@@ -8,7 +8,8 @@ $$ J_l = \frac{\partial\, \mathrm{vec}\, F}{\partial \theta_l}, \qquad \Theta_l 
 
 (F³OCUS, Saha et al., CVPR 2025; the empirical NTK of Jacot et al., NeurIPS 2018). The driver
 validates the arguments and builds the :class:`~f3ocus.ntk.problem.NTKProblem`
-(:func:`~f3ocus.ntk.prepare.scoring_problem`), picks a method from the registry (:mod:`f3ocus.ntk.methods`), runs it with the model in eval mode, restores the model's state,
+(:func:`~f3ocus.ntk.prepare.scoring_problem`), picks a method from the registry (:mod:`f3ocus.ntk.methods`),
+runs it with the model in eval mode, restores the model's state,
 and returns a :class:`~f3ocus.LayerScores`.
 """
 
@@ -24,32 +25,30 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import f3ocus.ntk.factored  # noqa: F401  (registers "factored")
-import f3ocus.ntk.fast  # noqa: F401  (registers "persample" and "lanczos")
-import f3ocus.ntk.reference  # noqa: F401  (registers "dense")
+import f3ocus.ntk.methods  # noqa: F401  (registers the methods)
 from f3ocus._checks import check_int, check_positive_float
 from f3ocus.errors import NotConvergedError
-from f3ocus.ntk.methods import Cost, MethodEntry, available_methods, get_method
+from f3ocus.ntk.calibration import CPU_MEMORY_BUDGET
 from f3ocus.ntk.prepare import scoring_problem
 from f3ocus.ntk.problem import NTKProblem
+from f3ocus.ntk.registry import Cost, MethodEntry, check_options, get_method
 from f3ocus.scores import LayerScores
 
 __all__ = ["ntk_layer_importance", "scoring_problem"]
-
-_CPU_MEMORY_BUDGET = 4 * 2**30
-
 
 def _default_max_memory(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(0.5 * free)
-    return _CPU_MEMORY_BUDGET
+    return CPU_MEMORY_BUDGET
 
 
-def _choose(problem: NTKProblem, max_memory: int) -> tuple[MethodEntry, dict[str, list[float]]]:
-    """The registered method with the fewest estimated flops whose memory fits ``max_memory``."""
+def _choose(
+    problem: NTKProblem, max_memory: int, candidates: list[str]
+) -> tuple[MethodEntry, dict[str, list[float]]]:
+    """The candidate method with the fewest estimated flops whose memory fits ``max_memory``."""
     costs: dict[str, Cost] = {}
-    for name in available_methods():
+    for name in candidates:
         entry = get_method(name)
         if entry.cost is not None:
             costs[name] = entry.estimate(problem, max_memory)
@@ -126,13 +125,16 @@ def ntk_layer_importance(
         dtype: Compute dtype override, e.g. ``torch.float64`` to score a float32 model more precisely.
         throw: If an iterative method does not converge for a layer, raise
             :class:`~f3ocus.errors.NotConvergedError` (``True``) or warn and return its best estimate.
-        **options: Passed on to the method.
+        **options: The method's own options (e.g. ``eig="gram"`` for ``"persample"``/``"factored"``,
+            ``mode="vjp"`` for ``"lanczos"``). An option that the named method does not take, or (with
+            ``method="auto"``) that no method takes, raises ``ValueError`` before any work; ``"auto"``
+            only chooses among the methods that take every given option.
 
     Returns:
         A :class:`~f3ocus.LayerScores` in layer order; ``.num_params`` holds $P_l$ and ``.stats`` holds
         ``method``, ``kernel``, ``dtype``, ``device``, ``num_samples``, ``num_outputs``,
         ``backward_passes``, ``matvecs``, ``residuals``, ``iterations``, ``converged``, ``seconds`` (the
-        method's wall time),
+        wall time of the whole call), ``method_seconds`` (the method's share),
         ``peak_memory_bytes`` (CUDA only, else ``None``), ``was_training`` and the method's ``extra``.
 
     Example:
@@ -143,12 +145,14 @@ def ntk_layer_importance(
         >>> list(scores), round(sum(scores.normalized("sum").values()), 12)
         (['0', '2'], 1.0)
     """
+    called = time.perf_counter()
     if seed is not None:
         seed = check_int("seed", seed, low=0)
     if method != "auto":
         entry: MethodEntry | None = get_method(method)
     else:
         entry = None
+    candidates = check_options(method, options)
     maxiter = check_int("maxiter", maxiter, low=1)
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size, low=1)
@@ -163,7 +167,7 @@ def ntk_layer_importance(
         budget = max_memory if max_memory is not None else _default_max_memory(problem.device)
         costs: dict[str, list[float]] = {}
         if entry is None:
-            entry, costs = _choose(problem, budget)
+            entry, costs = _choose(problem, budget, candidates)
         if tol is None:
             tol = 1e-8 if problem.dtype == torch.float64 else 1e-4
         generator = torch.Generator(device=problem.device)
@@ -189,7 +193,7 @@ def ntk_layer_importance(
             )
         if cuda:
             torch.cuda.synchronize(problem.device)
-        seconds = time.perf_counter() - start
+        method_seconds = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated(problem.device) - base if cuda else None
         sizes = problem.layer_sizes()
     _check_result(result, problem, entry.name)
@@ -215,7 +219,8 @@ def ntk_layer_importance(
         "iterations": {k: int(e.iterations) for k, e in result.eigs.items()},
         "converged": not failed,
         "tol": tol,
-        "seconds": seconds,
+        "seconds": time.perf_counter() - called,
+        "method_seconds": method_seconds,
         "peak_memory_bytes": peak,
         "was_training": was_training,
         "auto_costs": costs,

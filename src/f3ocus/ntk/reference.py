@@ -11,7 +11,7 @@ $$ J_l = \frac{\partial\, \mathrm{vec}\, F}{\partial \theta_l} \in \mathbb{R}^{N
 
 built here with ``torch.func.jacrev`` (reverse mode only, so fused scaled-dot-product attention, which
 has no forward-mode derivative, works). The ``"dense"`` method returns $\lambda_{\max}(\Theta_l)$ from
-``torch.linalg.eigvalsh``.
+``torch.linalg.eigvalsh`` (:mod:`f3ocus.ntk.methods.dense`).
 
 Example::
 
@@ -29,10 +29,9 @@ import torch
 from torch import Tensor
 from torch.func import jacrev
 
-from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, register_method
-from f3ocus.ntk.problem import NTKProblem, forward_flops
+from f3ocus.ntk.problem import NTKProblem
 
-__all__ = ["dense_layer_jacobians", "dense_layer_kernels", "dense_method", "ntk_reference"]
+__all__ = ["dense_layer_jacobians", "dense_layer_kernels", "ntk_reference"]
 
 
 def dense_layer_jacobians(problem: NTKProblem, *, chunk_size: int | None = None) -> dict[str, Tensor]:
@@ -66,47 +65,6 @@ def dense_layer_jacobians(problem: NTKProblem, *, chunk_size: int | None = None)
 def dense_layer_kernels(problem: NTKProblem, *, chunk_size: int | None = None) -> dict[str, Tensor]:
     """Every layer's kernel $\\Theta_l = J_l J_l^\\top$, an ``(N·M, N·M)`` symmetric matrix."""
     return {layer: j @ j.T for layer, j in dense_layer_jacobians(problem, chunk_size=chunk_size).items()}
-
-
-def _dense_cost(problem: NTKProblem) -> Cost:
-    """One forward and $NM$ vjps (each about two forward passes), the Grams, one eigvalsh per layer.
-
-    Multiply-adds, with $F$ the forward pass of :func:`~f3ocus.ntk.problem.forward_flops` (the unit
-    the other methods' cost models use too).
-    """
-    nm = problem.num_samples * problem.num_outputs
-    sizes = problem.layer_sizes()
-    total = sum(sizes.values())
-    flops = (1 + 2.0 * nm) * forward_flops(problem) + sum(nm * nm * p for p in sizes.values()) + len(sizes) * 9.0 * nm**3
-    memory = (nm * total + 2 * nm * nm) * problem.itemsize
-    return Cost(flops=float(flops), memory=float(memory))
-
-
-@register_method("dense", cost=_dense_cost)
-def dense_method(
-    problem: NTKProblem,
-    *,
-    tol: float = 0.0,
-    maxiter: int = 0,
-    generator: torch.Generator | None = None,
-    chunk_size: int | None = None,
-    max_memory: int | None = None,
-    **options: Any,
-) -> MethodResult:
-    """The reference method: explicit $J_l$ by ``jacrev``, $\\Theta_l = J_l J_l^\\top$, ``eigvalsh``.
-
-    Exact up to floating-point rounding; ``tol``, ``maxiter``, ``generator`` and ``max_memory`` are
-    accepted for a uniform signature and not used. Costs $NM$ backward passes and
-    $O(NM \\cdot P + (NM)^2 P_l + (NM)^3)$ time, $NM \\cdot P$ memory.
-    """
-    if options:
-        raise TypeError(f"method='dense' takes no options {sorted(options)}; remove them.")
-    eigs: dict[str, LayerEig] = {}
-    for layer, kernel in dense_layer_kernels(problem, chunk_size=chunk_size).items():
-        top = torch.linalg.eigvalsh(kernel)[-1].item() if kernel.numel() else 0.0
-        eigs[layer] = LayerEig(value=max(top, 0.0))
-    nm = problem.num_samples * problem.num_outputs
-    return MethodResult(eigs=eigs, backward_passes=nm, matvecs=0, extra={"jacobian_rows": nm})
 
 
 def ntk_reference(

@@ -12,7 +12,7 @@ and one vector $v_l \in \mathbb{R}^{N \times M}$ per layer:
    the *double-vjp* trick: $J u = \partial_w \langle J^\top w, u \rangle$, a vjp of the (linear) vjp.
 
 Memory is a few copies of the parameters per layer chunk; work is about three backward passes per
-layer per product, so :func:`f3ocus.ntk.lanczos.lanczos_max_eig` on top of it is the method of last
+layer per product, so :func:`f3ocus.ntk.linalg.lanczos_max_eig` on top of it is the method of last
 resort for models whose Jacobians do not fit in memory.
 """
 

@@ -7,10 +7,10 @@ optionally with a cost model that ``method="auto"`` uses to pick the cheapest me
 
 Example::
 
-    from f3ocus.ntk.methods import Cost, LayerEig, MethodResult, register_method
+    from f3ocus.ntk.registry import Cost, LayerEig, MethodResult, register_method
 
-    @register_method("mine", cost=lambda problem: Cost(flops=1e9, memory=1e6))
-    def mine(problem, *, tol, maxiter, generator, chunk_size, max_memory, **options):
+    @register_method("mine", cost=lambda problem: Cost(flops=1e9, memory=1e6), options=("depth",))
+    def mine(problem, *, tol, maxiter, generator, chunk_size, max_memory, depth=2):
         ...
         return MethodResult(eigs={...}, backward_passes=..., matvecs=0, extra={})
 """
@@ -37,7 +37,10 @@ __all__ = [
     "register_method",
     "get_method",
     "available_methods",
+    "check_options",
 ]
+
+STANDARD = ("tol", "maxiter", "generator", "chunk_size", "max_memory")
 
 
 @dataclass(frozen=True)
@@ -90,11 +93,16 @@ class Cost:
 
 @dataclass(frozen=True)
 class MethodEntry:
-    """A registered method: its name, the function and the optional cost model."""
+    """A registered method: its name, the function, the optional cost model and its declared options.
+
+    ``options`` is the tuple of extra keyword names the method takes, or ``None`` for a method that
+    takes any (its function has ``**kwargs``).
+    """
 
     name: str
     fn: Callable[..., MethodResult]
     cost: Callable[..., Cost] | None = None
+    options: tuple[str, ...] | None = ()
 
     def __call__(self, problem: NTKProblem, **options: Any) -> MethodResult:
         return self.fn(problem, **options)
@@ -113,8 +121,21 @@ class MethodEntry:
 _METHODS: dict[str, MethodEntry] = {}
 
 
+def _declared(fn: Callable[..., Any]) -> tuple[str, ...] | None:
+    """The keyword options of ``fn`` beyond the standard ones (``None`` if it takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return tuple(
+        p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in STANDARD
+    )
+
+
 def register_method(
-    name: str, *, cost: Callable[..., Cost] | None = None
+    name: str, *, cost: Callable[..., Cost] | None = None, options: tuple[str, ...] | None = None
 ) -> Callable[[Callable[..., MethodResult]], Callable[..., MethodResult]]:
     """Register a scoring method under ``name`` (a decorator; returns the function unchanged).
 
@@ -123,6 +144,9 @@ def register_method(
         cost: ``problem -> Cost``, or ``(problem, *, max_memory) -> Cost`` for a method whose cost
             depends on the memory budget (e.g. one more pass per layer group); methods without one
             are never chosen by ``method="auto"``.
+        options: The extra keyword options the method takes. ``None``: read them from the keyword-only
+            parameters of the function (beyond the standard ones); a function with ``**kwargs`` takes any.
+            Options a method does not take are refused before any work (:func:`check_options`).
 
     The decorated function is called as ``fn(problem, *, tol, maxiter, generator, chunk_size,
     max_memory, **options)`` and returns a :class:`MethodResult`. Registering a name twice replaces
@@ -132,7 +156,8 @@ def register_method(
         raise ValueError(f"register_method(name={name!r}): use a non-empty string other than 'auto'.")
 
     def decorator(fn: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
-        _METHODS[name] = MethodEntry(name=name, fn=fn, cost=cost)
+        declared = _declared(fn) if options is None else tuple(options)
+        _METHODS[name] = MethodEntry(name=name, fn=fn, cost=cost, options=declared)
         return fn
 
     return decorator
@@ -155,3 +180,43 @@ def get_method(name: str) -> MethodEntry:
         valid = ", ".join(repr(m) for m in ["auto", *_METHODS])
         raise ValueError(f"method={name!r} is not a registered scoring method.{hint} Use one of: {valid}.")
     return _METHODS[name]
+
+
+def _takes(entry: MethodEntry, given: set[str]) -> bool:
+    return entry.options is None or given <= set(entry.options)
+
+
+def check_options(method: str, options: dict[str, Any]) -> list[str]:
+    """Check ``options`` against the methods before any work; return the methods that may run them.
+
+    For a named method, every option must be one it declares. For ``method="auto"``, the candidates
+    are the methods with a cost model that take every given option.
+
+    Raises:
+        TypeError: an option the named method does not take, or (``"auto"``) that no candidate takes;
+            the message lists the method's options, the closest name and which methods take it.
+    """
+    given = set(options)
+    names = [method] if method != "auto" else [m for m in _METHODS if _METHODS[m].cost is not None]
+    fits = [m for m in names if _takes(_METHODS[m], given)]
+    if fits:
+        return fits
+    if method == "auto":
+        bad = sorted(given)
+        head = f"method='auto' can choose no method that takes all of the options {bad}"
+        valid: list[str] = sorted({o for m in names for o in (_METHODS[m].options or ())})
+    else:
+        valid = list(_METHODS[method].options or ())
+        bad = sorted(given - set(valid))
+        head = f"method={method!r} takes no options {bad}"
+        head += f" (its options: {valid})" if valid else " (it has none)"
+    parts = []
+    for option in bad:
+        takers = [m for m, e in _METHODS.items() if e.options is not None and option in e.options]
+        if takers:
+            parts.append(f"{option!r} is an option of method {' / '.join(map(repr, takers))}")
+            continue
+        known = sorted({o for e in _METHODS.values() for o in (e.options or ())})
+        near = close_matches(option, [*known, *STANDARD, "seed", "throw", "dtype", "kernel", "layers"])
+        parts.append(f"{option!r} is no method's option" + (f": did you mean {near[0]!r}?" if near else ""))
+    raise TypeError(f"{head}; {'; '.join(parts)}. Drop the option or pass method= one that takes it.")

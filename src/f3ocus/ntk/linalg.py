@@ -1,4 +1,10 @@
-"""Batched Lanczos for the largest eigenvalue of many symmetric PSD operators at once.
+"""Linear algebra of scoring: batched Lanczos, the top eigenvalue of a Gram, and the one chooser between them.
+
+:func:`lanczos_max_eig` runs many Lanczos recurrences at once; :func:`gram_top_eig` takes the top
+eigenvalue of an explicit Gram; :func:`uses_gram` is the single cost rule that decides between them
+for stored Jacobian rows; :func:`rows_top_eigs` applies it to a dict of layer Jacobians.
+
+Batched Lanczos for the largest eigenvalue of many symmetric PSD operators at once.
 
 One call runs ``B`` independent Lanczos recurrences in lock step, so that every iteration costs one
 *batched* matrix-vector product ``matvec(V) -> AV`` with ``V`` of shape ``(B, n)``. This is the shape
@@ -32,10 +38,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from f3ocus._checks import check_int, check_positive_float, describe
+from f3ocus._checks import check_choice, check_int, check_positive_float, describe
 from f3ocus.errors import NotConvergedError
+from f3ocus.ntk.calibration import GEMV_WEIGHT, LANCZOS_STEPS
+from f3ocus.ntk.registry import LayerEig
 
-__all__ = ["LanczosResult", "lanczos_max_eig", "small_eig_threads"]
+__all__ = [
+    "LanczosResult",
+    "gram_top_eig",
+    "lanczos_max_eig",
+    "layer_eig",
+    "random_start",
+    "rows_top_eigs",
+    "small_eig_threads",
+    "uses_gram",
+]
 
 _DEFAULT_MAXITER = 200
 
@@ -214,3 +231,94 @@ def _tridiagonal_top(alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
     with small_eig_threads():
         evals, evecs = torch.linalg.eigh(t)
     return evals[:, -1], evecs[:, :, -1]
+
+
+# -- Gram or Lanczos on stored rows ---------------------------------------------------------------
+def uses_gram(rows: int, steps: int = LANCZOS_STEPS) -> bool:
+    r"""Whether a Gram + ``eigvalsh`` beats Lanczos for an ``(n, P)`` Jacobian with ``n = rows``.
+
+    Gram: $n^2 P$ multiply-adds in one GEMM. Lanczos on the rows: $2 k n P$ per $k$ steps, in GEMV
+    pairs weighted :data:`~f3ocus.ntk.calibration.GEMV_WEIGHT`. $P$ cancels: the Gram wins while
+    $n \le 2 \cdot$ ``GEMV_WEIGHT`` $\cdot k$.
+    """
+    return rows <= 2 * GEMV_WEIGHT * 2 * steps
+
+
+def gram_top_eig(gram: Tensor) -> LayerEig:
+    r"""$\lambda_{\max}$ of a PSD Gram by ``eigvalsh`` in float64 (one CPU thread: :func:`small_eig_threads`)."""
+    if gram.numel() == 0:
+        return LayerEig(value=0.0)
+    with small_eig_threads(gram.device):
+        top = torch.linalg.eigvalsh(gram.to(torch.float64))[-1].item()
+    return LayerEig(value=max(top, 0.0))
+
+
+def layer_eig(res: LanczosResult) -> LayerEig:
+    """A :class:`~f3ocus.ntk.registry.LayerEig` from a Lanczos result (relative residual)."""
+    return LayerEig(
+        value=res.value,
+        residual=res.residual / max(res.value, 1e-300),
+        iterations=res.iterations,
+        converged=res.converged,
+    )
+
+
+def random_start(
+    batch: int, n: int, *, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """Starting vectors ``(batch, n)`` drawn from ``generator`` (on its own device), moved to ``device``."""
+    where = generator.device if generator is not None else "cpu"
+    return torch.randn(batch, n, generator=generator, dtype=dtype, device=where).to(device)
+
+
+def rows_top_eigs(
+    jacobians: dict[str, Tensor | list[Tensor]],
+    *,
+    eig: str = "auto",
+    tol: float = 1e-8,
+    maxiter: int = 500,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, LayerEig], dict[str, str]]:
+    """$\\lambda_{\\max}(J_l J_l^\top)$ for every stored Jacobian.
+
+    Args:
+        jacobians: layer -> $J_l$ ``(n, P_l)``, or a list of column blocks of it, all with the same ``n``.
+        eig: ``"gram"`` (form $\\Theta_l = \\sum_b J_b J_b^\top$, ``eigvalsh``), ``"lanczos"`` (batched
+            Lanczos on $v \\mapsto \\sum_b J_b (J_b^\top v)$), or ``"auto"`` (:func:`uses_gram`).
+        tol, maxiter, generator: Lanczos settings (see :func:`lanczos_max_eig`).
+
+    Returns:
+        ``(eigs, path)``: a :class:`~f3ocus.ntk.registry.LayerEig` per layer and the path per layer.
+    """
+    check_choice("eig", eig, ("auto", "gram", "lanczos"))
+    blocks = {
+        k: [b for b in (v if isinstance(v, list) else [v]) if b.shape[1] > 0] for k, v in jacobians.items()
+    }
+    eigs: dict[str, LayerEig] = {}
+    path: dict[str, str] = {}
+    krylov = []
+    grams: dict[str, Tensor] = {}
+    for layer, parts in blocks.items():
+        rows = parts[0].shape[0] if parts else 0
+        use_gram = eig == "gram" or (eig == "auto" and uses_gram(rows))
+        if not parts or rows == 0:
+            eigs[layer], path[layer] = LayerEig(value=0.0), "zero"
+        elif use_gram or rows == 1:
+            grams[layer] = sum(b @ b.T for b in parts)
+        else:
+            krylov.append(layer)
+    # All GEMMs first, then the small eigenproblems (float64, one CPU thread: see small_eig_threads).
+    for layer, gram in grams.items():
+        eigs[layer], path[layer] = gram_top_eig(gram), "gram"
+    if krylov:
+        first = blocks[krylov[0]][0]
+        v0 = random_start(len(krylov), first.shape[0], generator=generator, dtype=first.dtype, device=first.device)
+
+        def matvec(v: Tensor) -> Tensor:
+            return torch.stack([sum(b @ (b.T @ v[i]) for b in blocks[k]) for i, k in enumerate(krylov)])
+
+        results = lanczos_max_eig(matvec, v0, tol=tol, maxiter=maxiter)
+        for layer, res in zip(krylov, results, strict=True):
+            eigs[layer] = layer_eig(res)
+            path[layer] = "lanczos"
+    return {k: eigs[k] for k in jacobians}, path
