@@ -1,0 +1,41 @@
+r"""The parts of :mod:`f3ocus.ntk` that the layer scores build on, in one place.
+
+Every score reuses the NTK machinery instead of re-implementing it:
+
+- :func:`scoring_problem` validates ``(model, batch, layers, output_fn, loss_fn, targets, dtype)`` and
+  yields an :class:`~f3ocus.ntk.problem.NTKProblem` (the model as a pure function of its scored
+  parameters; with ``kernel="loss"`` its outputs are the per-sample losses $\ell_n$);
+- :func:`per_sample_rows` returns, with ``kernel="loss"``, the per-sample loss gradients
+  $\nabla_{\theta_l} \ell_n$ of every layer (grad samplers and the ``torch.func`` fallback);
+- :func:`preserved_state` restores training flags, ``requires_grad`` and ``.grad`` (also on error);
+- :func:`ntk_layer_importance` is the ``"ntk"`` score itself.
+
+No other module of :mod:`f3ocus.scoring` imports from :mod:`f3ocus.ntk`.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from f3ocus.ntk import ntk_layer_importance
+from f3ocus.ntk.prepare import default_output_fn, preserved_state, scoring_problem
+from f3ocus.ntk.problem import NTKProblem
+
+try:  # the row engine's module; the older path re-exports it
+    from f3ocus.ntk.rows import per_sample_jacobians
+except ImportError:  # pragma: no cover - older layout
+    from f3ocus.ntk.persample import per_sample_jacobians
+
+__all__ = [
+    "NTKProblem",
+    "default_output_fn",
+    "ntk_layer_importance",
+    "per_sample_rows",
+    "preserved_state",
+    "scoring_problem",
+]
+
+
+def per_sample_rows(problem: NTKProblem) -> dict[str, Tensor]:
+    """Layer name -> ``(N·M, P_l)`` per-sample Jacobian rows (per-sample loss gradients for ``kernel="loss"``)."""
+    return per_sample_jacobians(problem)
