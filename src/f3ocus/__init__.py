@@ -10,6 +10,7 @@ from f3ocus.fl import masked_fedavg, train_only
 from f3ocus.layers import resolve_layers
 from f3ocus.ntk import ntk_layer_importance
 from f3ocus.scores import LayerScores
+from f3ocus.scoring import available_scores, layer_scores, register_score
 from f3ocus.selection import LayerAssignment, available_solvers, register_solver, select_layers
 
 __version__ = "0.1.0"
@@ -19,6 +20,9 @@ __all__ = [
     "ntk_layer_importance",
     "resolve_layers",
     "LayerScores",
+    "layer_scores",
+    "register_score",
+    "available_scores",
     # server side: selection
     "select_layers",
     "LayerAssignment",
