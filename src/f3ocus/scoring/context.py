@@ -193,6 +193,10 @@ class ScoreContext:
         return self._cache["rows"]
 
     def _finite(self, tensors: dict[str, Tensor], what: str, *, by_layer: bool = False) -> dict[str, Tensor]:
+        # one sum per tensor: NaN and Inf propagate through it (cheaper than an elementwise isfinite)
+        sums = torch.stack([t.sum() for t in tensors.values()]) if tensors else torch.zeros(0)
+        if bool(torch.isfinite(sums).all()):
+            return tensors
         for name, t in tensors.items():
             if not torch.isfinite(t).all():
                 layer = name if by_layer else next(k for k, v in self.layers.items() if name in v)

@@ -9,6 +9,8 @@ pass, one backward pass of the per-sample losses and one local contraction per h
 
 from __future__ import annotations
 
+import torch
+
 from f3ocus.scoring.context import ScoreContext
 from f3ocus.scoring.registry import register_score
 
@@ -25,7 +27,11 @@ def fisher(ctx: ScoreContext) -> dict[str, float]:
     """
     rows = ctx.per_sample_gradients()
     n = ctx.num_samples
-    return {layer: float(ctx.reduce(r.square().sum(0) / n)) for layer, r in rows.items()}
+    out: dict[str, float] = {}
+    for layer, r in rows.items():  # sum_i (1/N) sum_n g_ni^2 = ||rows||_F^2 / N, one pass over the rows
+        total = torch.linalg.vector_norm(r).square() / n
+        out[layer] = float(total / r.shape[1] if ctx.reduction == "mean" else total)
+    return out
 
 
 @register_score("snr", needs="loss", reduction="mean", min_samples=2)
@@ -46,6 +52,8 @@ def snr(ctx: ScoreContext, eps: float = 1e-12) -> dict[str, float]:
     rows = ctx.per_sample_gradients()
     out: dict[str, float] = {}
     for layer, r in rows.items():
-        ratio = r.mean(0).abs() / (r.std(0, correction=1) + eps)
+        mean = r.mean(0)
+        std = (r - mean).square_().sum(0).div_(r.shape[0] - 1).sqrt_()  # two passes; faster than Tensor.std
+        ratio = mean.abs_().div_(std.add_(eps))
         out[layer] = float(ctx.reduce(ratio))
     return out
