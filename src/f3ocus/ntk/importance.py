@@ -29,6 +29,7 @@ import f3ocus.ntk.methods  # noqa: F401  (registers the methods)
 from f3ocus._checks import check_int, check_positive_float
 from f3ocus.errors import NotConvergedError
 from f3ocus.ntk.calibration import CPU_MEMORY_BUDGET
+from f3ocus.ntk.coupling import COUPLED_HINT
 from f3ocus.ntk.prepare import scoring_problem
 from f3ocus.ntk.problem import NTKProblem
 from f3ocus.ntk.registry import Cost, MethodEntry, check_options, get_method
@@ -58,6 +59,23 @@ def _choose(
     else:
         best = min(costs, key=lambda name: costs[name].memory)
     return get_method(best), {k: [c.flops, c.memory] for k, c in costs.items()}
+
+
+def _exact_for_coupled(problem: NTKProblem, entry: MethodEntry | None, candidates: list[str]) -> list[str]:
+    """The candidates that stay exact when samples are coupled; raise if there are none."""
+    exact = [name for name in candidates if get_method(name).coupled]
+    if entry is not None and not entry.coupled:
+        raise ValueError(
+            f"method={entry.name!r} assumes that each sample's outputs depend on that sample alone, but "
+            f"these outputs couple the samples of the batch: {problem.coupled}. Its scores would be wrong: "
+            f"{COUPLED_HINT}."
+        )
+    if not exact:
+        raise ValueError(
+            f"these outputs couple the samples of the batch ({problem.coupled}), and none of the methods "
+            f"that take the given options ({candidates}) is exact for them: {COUPLED_HINT}."
+        )
+    return exact
 
 
 def _jsonable(value: Any) -> Any:
@@ -166,6 +184,8 @@ def ntk_layer_importance(
     ) as problem:
         budget = max_memory if max_memory is not None else _default_max_memory(problem.device)
         costs: dict[str, list[float]] = {}
+        if problem.coupled is not None:
+            candidates = _exact_for_coupled(problem, entry, candidates)
         if entry is None:
             entry, costs = _choose(problem, budget, candidates)
         if tol is None:
@@ -223,6 +243,7 @@ def ntk_layer_importance(
         "method_seconds": method_seconds,
         "peak_memory_bytes": peak,
         "was_training": was_training,
+        "coupled": problem.coupled,
         "auto_costs": costs,
         "extra": _jsonable(result.extra),
     }

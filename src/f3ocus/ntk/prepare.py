@@ -20,6 +20,7 @@ from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tr
 
 from f3ocus._checks import check_choice, describe
 from f3ocus.layers import resolve_layers
+from f3ocus.ntk.coupling import coupling_probe
 from f3ocus.ntk.problem import KERNELS, NTKProblem
 
 __all__ = ["scoring_problem", "default_output_fn", "preserved_state"]
@@ -135,11 +136,14 @@ def scoring_problem(
     loss_fn: Callable | None = None,
     targets: Any = None,
     dtype: torch.dtype | None = None,
+    probe: bool = True,
 ) -> Iterator[NTKProblem]:
     """Validate the scoring arguments and yield the :class:`NTKProblem`, with the model in eval mode.
 
-    The arguments are those of :func:`ntk_layer_importance`. The model's state (training flags,
-    ``requires_grad``, ``.grad``) is restored when the block exits, also on error.
+    The arguments are those of :func:`ntk_layer_importance`; ``probe=False`` skips the check whether
+    the outputs couple samples (:mod:`f3ocus.ntk.coupling`; then ``problem.coupled`` is ``None``). The
+    model's state (training flags, ``requires_grad``, ``.grad``) is restored when the block exits,
+    also on error.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {describe(model)}.")
@@ -165,7 +169,7 @@ def scoring_problem(
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.float64, got {describe(dtype)}.")
     # inference mode would disable the autograd that every method needs; undo it for the scoring
     with torch.inference_mode(False):
-        yield from _problem(model, batch, layers, output_fn, kernel, loss_fn, targets, dtype)
+        yield from _problem(model, batch, layers, output_fn, kernel, loss_fn, targets, dtype, probe)
 
 
 def _problem(
@@ -177,6 +181,7 @@ def _problem(
     loss_fn: Callable | None,
     targets: Any,
     dtype: torch.dtype | None,
+    probe: bool = True,
 ) -> Iterator[NTKProblem]:
     args, kwargs = _split_batch(batch)
     n = _num_samples(args, kwargs)
@@ -218,12 +223,13 @@ def _problem(
             dtype=compute,
             device=device,
         )
-        m = _check_outputs(problem, custom=output_fn is not None)
-        yield dataclasses.replace(problem, num_outputs=m)
+        m, full = _check_outputs(problem, custom=output_fn is not None)
+        coupled = coupling_probe(problem, full) if probe else None
+        yield dataclasses.replace(problem, num_outputs=m, coupled=coupled)
 
 
-def _check_outputs(problem: NTKProblem, *, custom: bool) -> int:
-    """One forward pass without gradients; returns M, the kernel outputs per sample."""
+def _check_outputs(problem: NTKProblem, *, custom: bool) -> tuple[int, Tensor]:
+    """One forward pass without gradients; returns M, the kernel outputs per sample, and the outputs."""
     n = problem.num_samples
     with torch.no_grad():
         out = problem._call(problem.layer_params(), problem.args, problem.kwargs)
@@ -252,5 +258,5 @@ def _check_outputs(problem: NTKProblem, *, custom: bool) -> int:
                 )
             if not torch.isfinite(loss).all():
                 raise ValueError("loss_fn returned NaN/Inf losses; check loss_fn and targets.")
-            return 1
-        return 1 if problem.kernel == "sum" else int(y[0].numel())
+        full = problem._kernel_outputs(out, problem.targets, n)
+        return int(full.shape[1]), full

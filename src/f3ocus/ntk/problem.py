@@ -65,6 +65,9 @@ class NTKProblem:
         num_outputs: ``M``, the number of kernel outputs per sample.
         dtype: The compute dtype: the model's floating dtype, float32 for float16/bfloat16 models.
         device: The model's device.
+        coupled: Why the kernel outputs of a sample depend on other samples (the probe of
+            :mod:`f3ocus.ntk.coupling`), or ``None``. Methods that assume independent samples refuse a
+            coupled problem.
     """
 
     model: nn.Module
@@ -79,6 +82,7 @@ class NTKProblem:
     num_outputs: int
     dtype: torch.dtype
     device: torch.device
+    coupled: str | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     # -- parameters ------------------------------------------------------------------------------

@@ -97,6 +97,7 @@ def ntk_reference(
     if unknown:
         raise TypeError(f"ntk_reference() got unexpected keyword argument(s) {sorted(unknown)}.")
     with scoring_problem(
-        model, batch, layers=layers, output_fn=output_fn, kernel=kernel, loss_fn=loss_fn, targets=targets, dtype=dtype
+        model, batch, layers=layers, output_fn=output_fn, kernel=kernel, loss_fn=loss_fn, targets=targets, dtype=dtype,
+        probe=False,
     ) as problem:
         return dense_layer_kernels(problem, chunk_size=chunk_size)

@@ -96,13 +96,15 @@ class MethodEntry:
     """A registered method: its name, the function, the optional cost model and its declared options.
 
     ``options`` is the tuple of extra keyword names the method takes, or ``None`` for a method that
-    takes any (its function has ``**kwargs``).
+    takes any (its function has ``**kwargs``). ``coupled``: whether the method is exact also when a
+    sample's outputs depend on other samples (:mod:`f3ocus.ntk.coupling`).
     """
 
     name: str
     fn: Callable[..., MethodResult]
     cost: Callable[..., Cost] | None = None
     options: tuple[str, ...] | None = ()
+    coupled: bool = False
 
     def __call__(self, problem: NTKProblem, **options: Any) -> MethodResult:
         return self.fn(problem, **options)
@@ -135,7 +137,11 @@ def _declared(fn: Callable[..., Any]) -> tuple[str, ...] | None:
 
 
 def register_method(
-    name: str, *, cost: Callable[..., Cost] | None = None, options: tuple[str, ...] | None = None
+    name: str,
+    *,
+    cost: Callable[..., Cost] | None = None,
+    options: tuple[str, ...] | None = None,
+    coupled: bool = False,
 ) -> Callable[[Callable[..., MethodResult]], Callable[..., MethodResult]]:
     """Register a scoring method under ``name`` (a decorator; returns the function unchanged).
 
@@ -147,6 +153,8 @@ def register_method(
         options: The extra keyword options the method takes. ``None``: read them from the keyword-only
             parameters of the function (beyond the standard ones); a function with ``**kwargs`` takes any.
             Options a method does not take are refused before any work (:func:`check_options`).
+        coupled: ``True`` if the method differentiates the whole batch, so that it is exact also for
+            outputs that couple samples; methods without it are refused on such problems.
 
     The decorated function is called as ``fn(problem, *, tol, maxiter, generator, chunk_size,
     max_memory, **options)`` and returns a :class:`MethodResult`. Registering a name twice replaces
@@ -157,7 +165,7 @@ def register_method(
 
     def decorator(fn: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
         declared = _declared(fn) if options is None else tuple(options)
-        _METHODS[name] = MethodEntry(name=name, fn=fn, cost=cost, options=declared)
+        _METHODS[name] = MethodEntry(name=name, fn=fn, cost=cost, options=declared, coupled=coupled)
         return fn
 
     return decorator

@@ -75,6 +75,8 @@ class ParameterTaps(TorchFunctionMode):
             return out
         (source,) = used
         (root,) = roots
+        if out is source:  # an identity such as ``p.to(p.device)`` or ``p.contiguous()``: nothing new
+            return out
         others = [t for t in leaves if isinstance(t, Tensor) and t is not source]
         if (
             out.dim() > 0
@@ -94,7 +96,9 @@ class ParameterTaps(TorchFunctionMode):
         k = backprop.shape[0]
         grads = _source_rows(tap, backprop, self.n)  # (K, N, *source.shape)
         source = tap.source
-        while id(source) in self.chain:
+        seen: set[int] = set()
+        while id(source) in self.chain and id(source) not in seen:  # the chain is acyclic; guard anyway
+            seen.add(id(source))
             parent, func, args, kwargs = self.chain[id(source)]
             grads = _pull_back(parent, func, args, kwargs, source, grads.reshape(-1, *source.shape))
             source = parent

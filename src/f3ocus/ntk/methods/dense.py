@@ -28,7 +28,7 @@ def _dense_cost(problem: NTKProblem) -> Cost:
     return Cost(flops=float(flops), memory=float(memory))
 
 
-@register_method("dense", cost=_dense_cost, options=())
+@register_method("dense", cost=_dense_cost, options=(), coupled=True)
 def dense_method(
     problem: NTKProblem,
     *,

@@ -37,7 +37,7 @@ def lanczos_cost(problem: NTKProblem) -> Cost:
     return Cost(flops=float(flops), memory=float(memory))
 
 
-@register_method("lanczos", cost=lanczos_cost, options=("mode",))
+@register_method("lanczos", cost=lanczos_cost, options=("mode",), coupled=True)
 def lanczos_method(
     problem: NTKProblem,
     *,
