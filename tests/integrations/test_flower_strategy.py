@@ -1,195 +1,97 @@
-"""A whole Flower federation in-process: 3 clients, 2 rounds, one client drops in round 2.
+"""F3ocusStrategy in a whole in-process Flower federation: plans, scores on replies, memory, budgets.
 
-The server side is Flower's own ``Strategy.start`` loop; the grid below hands each message straight to a
-``ClientApp`` (no Ray, no network). The result is checked against :func:`f3ocus.fl.run_round` run on the
-same plans, and the plans against :func:`f3ocus.select_layers` on scores computed outside Flower.
+The server side is Flower's own ``Strategy.start`` loop; the grid hands each message straight to a
+``ClientApp``. Results are checked against :func:`f3ocus.fl.run_round` on the same plans and the plans
+against :func:`f3ocus.select_layers` on scores computed outside Flower.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import pytest
 import torch
-from torch import nn
 
 pytest.importorskip("flwr")
 pytestmark = pytest.mark.flower
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.serverapp import Grid  # noqa: E402
+from flower_fixtures import (  # noqa: E402
+    NODES,
+    InProcessGrid,
+    Net,
+    client_data,
+    initial_arrays,
+    local_train,
+    make_client_app,
+)
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict  # noqa: E402
 from flwr.serverapp.strategy import FedAvg, FedProx  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from f3ocus import ntk_layer_importance, resolve_layers, select_layers  # noqa: E402
 from f3ocus.errors import MissingExtraError  # noqa: E402
-from f3ocus.fl import run_round, train_only  # noqa: E402
+from f3ocus.fl import run_round  # noqa: E402
 from f3ocus.integrations.flower import (  # noqa: E402
     LAYERS_KEY,
+    QUERY_TYPE,
+    SCORE_LAYERS_KEY,
     F3ocusStrategy,
+    RoundRecord,
     assigned_layers,
+    node_budget,
     pack_scores,
     score_reply,
-    trained_arrays,
     unpack_scores,
 )
 
-NODES = (11, 22, 33)
+
+class ScheduledFedAvg(FedAvg):
+    """FedAvg whose sampled nodes follow a fixed schedule (partial participation, deterministic)."""
+
+    def __init__(self, schedule, **kwargs):
+        super().__init__(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1, **kwargs)
+        self.schedule = schedule
+
+    def configure_train(self, server_round, arrays, config, grid):
+        config["server-round"] = server_round
+        record = RecordDict({"arrays": arrays, "config": config})
+        return self._construct_messages(record, self.schedule[server_round], "train")
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.blocks = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
-        self.head = nn.Linear(4, 3)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-    def forward(self, x):
-        for b in self.blocks:
-            x = torch.tanh(b(x))
-        return self.head(x)
-
-
-def client_data(node: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(node)
-    n = {11: 12, 22: 7, 33: 9}[node]
-    return torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
-
-
-def local_train(model: nn.Module, data) -> int:
-    x, y = data
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.2)
-    for _ in range(3):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return len(x)
-
-
-def make_client_app(no_scores=frozenset(), send_full: bool = False, malformed=frozenset()) -> ClientApp:
-    app = ClientApp()
-
-    @app.query("f3ocus")
-    def query(msg: Message, context: Context) -> Message:
-        if context.node_id in no_scores:
-            return Message(RecordDict({"m": MetricRecord({"unrelated": 1.0})}), reply_to=msg)
-        x, _ = client_data(context.node_id)
-        return score_reply(msg, Net(), x, budget=1 if context.node_id == 33 else None)
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        model = Net()
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        layers = assigned_layers(msg)
-        lmap = resolve_layers(model)
-        with train_only(model, layers, layer_map=lmap):
-            n = local_train(model, client_data(context.node_id))
-        sent = ArrayRecord(model.state_dict()) if send_full else trained_arrays(model, layers, layer_map=lmap)
-        if context.node_id in malformed:  # every array with a wrong shape: all must be ignored
-            sent = ArrayRecord({k: torch.zeros(7) for k in sent})
-        reply = RecordDict(
-            {
-                "arrays": sent,
-                "metrics": MetricRecord({"num-examples": n}),
-            }
-        )
-        return Message(reply, reply_to=msg)
-
-    return app
-
-
-class InProcessGrid(Grid):
-    """Delivers each message to ``app`` at once; ``drop(node, round)`` loses the message."""
-
-    def __init__(self, app: ClientApp, nodes, drop=lambda node, rnd: False):
-        self.app, self.nodes, self.drop = app, list(nodes), drop
-        self.contexts = {
-            n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={})
-            for n in self.nodes
-        }
-        self.sent: list[Message] = []
-
-    def set_run(self, run):  # pragma: no cover - not used in-process
-        pass
-
-    @property
-    def run(self):  # pragma: no cover
-        raise NotImplementedError
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
-
-    def get_node_ids(self):
-        return list(self.nodes)
-
-    def push_messages(self, messages):  # pragma: no cover
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # pragma: no cover
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
-        for m in messages:
-            self.sent.append(m)
-            node = m.metadata.dst_node_id
-            rnd = next(iter(m.content.config_records.values()))["server-round"]
-            if not self.drop(node, rnd):
-                replies.append(self.app(m, self.contexts[node]))
-        return replies
-
-
-@pytest.fixture
-def identity(monkeypatch):
-    for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
-        monkeypatch.setattr(TaskIdentity, attr, value)
-
-
-def initial_arrays() -> tuple[nn.Module, ArrayRecord]:
+def _scores_on(state, nodes, lmap):
     model = Net()
-    return model, ArrayRecord(model.state_dict())
+    model.load_state_dict(state)
+    return [ntk_layer_importance(model, client_data(n)[0], layers=lmap) for n in nodes]
 
 
-def test_two_rounds_three_clients_one_drops(identity):
+def test_scores_ride_on_train_replies_and_the_result_matches_run_round(identity):
     model, arrays = initial_arrays()
     lmap = resolve_layers(model)
     strategy = F3ocusStrategy(
-        FedAvg(fraction_evaluate=0.0, min_available_nodes=3),
-        lmap,
-        budget=2,
-        solver="exact",
-        tradeoff=0.5,
-        seed=7,
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=3), lmap, budget=2, tradeoff=0.5, seed=7
     )
     grid = InProcessGrid(make_client_app(), NODES, drop=lambda node, rnd: node == 22 and rnd == 2)
-    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=2)
+    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=3)
 
-    # Round 1: the plan is select_layers on the scores every client computes on the initial model.
-    scores = [ntk_layer_importance(Net(), client_data(n)[0], layers=lmap) for n in NODES]
-    expected = select_layers(scores, [2, 2, 1], solver="exact", tradeoff=0.5, seed=8)
-    assert strategy.plans[1] == {n: list(expected.layers[i]) for i, n in enumerate(NODES)}
-    assert strategy.fallbacks[1] == []
-    # Round 2: node 22 sends no scores, gets the least-covered fallback, and its update never arrives.
-    assert set(strategy.plans[2]) == set(NODES) and strategy.fallbacks[2] == [22]
-    others = [strategy.plans[2][n] for n in (11, 33)]
-    coverage = {layer: sum(layer in p for p in others) for layer in lmap}
-    fb = strategy.plans[2][22]
-    assert len(fb) == 2 and max(coverage[layer] for layer in fb) <= min(
-        coverage[layer] for layer in lmap if layer not in fb
-    )
-    # each train message carried only its own client's plan
-    for m in grid.sent:
-        if m.metadata.message_type == "train":
-            rnd = m.content["config"]["server-round"]
-            assert m.content["config"][LAYERS_KEY] == strategy.plans[rnd][m.metadata.dst_node_id]
+    # one score query in round 1 only; every train message asks for scores for the next round
+    queries = [m for m in grid.sent if m.metadata.message_type == QUERY_TYPE]
+    assert len(queries) == 3 and {m.content["config"]["server-round"] for m in queries} == {1}
+    train = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert all(m.content["config"][SCORE_LAYERS_KEY] == list(lmap) for m in train)
+    for m in train:
+        rnd = m.content["config"]["server-round"]
+        assert m.content["config"][LAYERS_KEY] == strategy.plans[rnd][m.metadata.dst_node_id]
 
-    # The same two rounds through run_round give the same global model.
-    reference = Net()
+    # plans: round 1 and 2 from the scores of the initial model (query, then round-1 train replies)
+    initial = _scores_on(Net().state_dict(), NODES, lmap)
     for rnd in (1, 2):
+        expected = select_layers(initial, [2, 2, 1], solver="exact", tradeoff=0.5, seed=7 + rnd)
+        assert strategy.plans[rnd] == {n: list(expected.layers[i]) for i, n in enumerate(NODES)}
+    # replay the rounds with run_round; round 3 uses 11 and 33's scores on the round-2 model, and
+    # node 22's from round 1 (its round-2 message was lost)
+    reference, states = Net(), {}
+    for rnd in (1, 2, 3):
+        states[rnd] = {k: v.clone() for k, v in reference.state_dict().items()}
         plan = [strategy.plans[rnd][n] for n in NODES]
 
         def train_fn(m, node, rnd=rnd):
@@ -198,22 +100,42 @@ def test_two_rounds_three_clients_one_drops(identity):
             return local_train(m, client_data(node))
 
         run_round(reference, list(NODES), plan, train_fn, layer_map=lmap, on_error="skip")
+    fresh = _scores_on(states[2], (11, 33), lmap)
+    expected = select_layers(
+        [fresh[0], initial[1], fresh[1]], [2, 2, 1], solver="exact", tradeoff=0.5, seed=10
+    )
+    assert strategy.plans[3] == {n: list(expected.layers[i]) for i, n in enumerate(NODES)}
+    assert strategy.history[3].score_rounds == {11: 2, 22: 1, 33: 2}
     final = result.arrays.to_torch_state_dict()
     for name, p in reference.state_dict().items():
         torch.testing.assert_close(final[name], p, rtol=1e-6, atol=1e-6)
-    assert result.train_metrics_clientapp[2]["f3ocus-clients"] == 2
-    assert result.train_metrics_clientapp[2]["f3ocus-fallback-clients"] == 1
+    # observability: the lost reply is recorded; metrics carry coverage and traffic
+    assert strategy.history[2].failed == {22: "no train reply (node lost or timed out)"}
+    m2 = result.train_metrics_clientapp[2]
+    assert m2["f3ocus-clients"] == 2 and m2["f3ocus-failed-clients"] == 1
+    cov = {layer: sum(layer in strategy.plans[2][n] for n in (11, 33)) for layer in lmap}
+    assert {layer: m2[f"f3ocus-coverage:{layer}"] for layer in lmap} == cov == strategy.history[2].coverage
+    assert m2["f3ocus-solver-seconds"] > 0 and m2["f3ocus-importance"] > 0
+    assert RoundRecord.from_dict(strategy.history[3].to_dict()) == strategy.history[3]
+
+
+def test_error_replies_are_logged_with_the_real_node_id(identity, caplog):
+    model, arrays = initial_arrays()
+    strategy = F3ocusStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), resolve_layers(model))
+    grid = InProcessGrid(make_client_app(), NODES, error=lambda node, rnd: node == 33 and rnd == 1)
+    with caplog.at_level(logging.WARNING):
+        strategy.start(grid=grid, initial_arrays=arrays, num_rounds=1)
+    assert set(strategy.history[1].failed) == {33}
+    assert "node 33" in caplog.text and "node 1:" not in caplog.text
 
 
 @pytest.mark.parametrize(("send_full", "malformed"), [(True, frozenset()), (False, frozenset({33}))])
 def test_only_assigned_well_formed_arrays_count(identity, send_full, malformed):
-    """Clients sending their whole model count only for their layers; a client whose arrays all have
-    wrong shapes counts as if it had dropped."""
+    """Clients sending their whole model count only for their layers; a client whose arrays have wrong
+    shapes is left out as if it had dropped, with the reason recorded."""
     model, arrays = initial_arrays()
     lmap = resolve_layers(model)
-    strategy = F3ocusStrategy(
-        FedAvg(fraction_evaluate=0.0, min_available_nodes=3), lmap, budget=1, tradeoff=0.0
-    )
+    strategy = F3ocusStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), lmap, tradeoff=0.0)
     grid = InProcessGrid(make_client_app(send_full=send_full, malformed=malformed), NODES)
     result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=1)
 
@@ -223,32 +145,106 @@ def test_only_assigned_well_formed_arrays_count(identity, send_full, malformed):
         return local_train(m, client_data(node))
 
     reference = Net()
-    plan = [strategy.plans[1][n] for n in NODES]
-    run_round(reference, list(NODES), plan, train_fn, layer_map=lmap, on_error="skip")
+    run_round(
+        reference,
+        list(NODES),
+        [strategy.plans[1][n] for n in NODES],
+        train_fn,
+        layer_map=lmap,
+        on_error="skip",
+    )
     final = result.arrays.to_torch_state_dict()
     for name, p in reference.state_dict().items():
         torch.testing.assert_close(final[name], p, rtol=1e-6, atol=1e-6)
-    assert result.train_metrics_clientapp[1]["f3ocus-clients"] == 3
+    assert result.train_metrics_clientapp[1]["f3ocus-clients"] == 3 - len(malformed)
+    if malformed:
+        assert (
+            "unexpected array keys" in strategy.history[1].failed[33]
+            or "shape" in strategy.history[1].failed[33]
+        )
 
 
-def test_clients_without_scores_get_fallbacks_and_reselect_every(identity):
+def test_plans_are_remembered_per_client_across_absences(identity):
     model, arrays = initial_arrays()
     lmap = resolve_layers(model)
+    schedule = {1: [11, 22, 33], 2: [11, 33], 3: [11, 22], 4: [22, 33]}
+    strategy = F3ocusStrategy(ScheduledFedAvg(schedule), lmap, budget=1, tradeoff=0.0, reselect_every=3)
+    grid = InProcessGrid(make_client_app(), NODES)
+    strategy.start(grid=grid, initial_arrays=arrays, num_rounds=4)
+    assert strategy.plans[2] == {n: strategy.plans[1][n] for n in (11, 33)}
+    assert strategy.plans[3] == {n: strategy.plans[1][n] for n in (11, 22)}  # 22 keeps its round-1 plan
+    assert strategy.fallbacks[2] == strategy.fallbacks[3] == []
+    assert strategy.history[4].selected and not strategy.history[3].selected
+    # scores are asked for only before a selection round (round 3 for round 4)
+    asked = {
+        m.content["config"]["server-round"] for m in grid.sent if SCORE_LAYERS_KEY in m.content["config"]
+    }
+    assert asked == {3}
+    assert strategy.history[4].score_rounds == {22: 3, 33: 1}
+
+
+def test_fallback_rotates_through_the_least_covered_layers(identity):
+    model, arrays = initial_arrays()
+    lmap = resolve_layers(model)
+    strategy = F3ocusStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), lmap, budget=1)
+    grid = InProcessGrid(make_client_app(no_scores=set(NODES)), NODES)
+    strategy.start(grid=grid, initial_arrays=arrays, num_rounds=3)
+    assert all(len(strategy.fallbacks[r]) == 3 for r in (1, 2, 3))
+    assert "no scores" in strategy.history[1].fallback[11] or "query" in strategy.history[1].fallback[11]
+    covered = [sorted({layer for p in strategy.plans[r].values() for layer in p}) for r in (1, 2)]
+    assert covered[0] == ["blocks.0", "blocks.1", "blocks.2"]
+    assert "head" in covered[1]  # the layer nobody trained in round 1 comes first in round 2
+    total = {layer: sum(layer in p for r in (1, 2, 3) for p in strategy.plans[r].values()) for layer in lmap}
+    assert max(total.values()) - min(total.values()) <= 1
+
+
+def test_budgets_from_the_client_node_config_and_server_caps(identity, caplog):
+    model, arrays = initial_arrays()
+    lmap = resolve_layers(model)
+    node_config = {11: {"f3ocus-budget": 4}, 22: {"f3ocus-budget": "3"}}
     strategy = F3ocusStrategy(
         FedAvg(fraction_evaluate=0.0, min_available_nodes=3),
         lmap,
-        budget=1,
-        solver="exact",
+        budget=2,
+        max_budget=lambda node: 3,
         tradeoff=0.0,
-        reselect_every=2,
-        fallback="all",
     )
-    grid = InProcessGrid(make_client_app(no_scores={33}), NODES)
+    grid = InProcessGrid(make_client_app(budgets={33: None}), NODES, node_config=node_config)
+    strategy.start(grid=grid, initial_arrays=arrays, num_rounds=1)
+    assert {n: len(p) for n, p in strategy.plans[1].items()} == {11: 3, 22: 3, 33: 2}
+
+
+def test_first_round_fallback_sends_no_query(identity):
+    model, arrays = initial_arrays()
+    lmap = resolve_layers(model)
+    strategy = F3ocusStrategy(
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=3), lmap, budget=1, first_round="fallback"
+    )
+    grid = InProcessGrid(make_client_app(), NODES)
     strategy.start(grid=grid, initial_arrays=arrays, num_rounds=2)
-    assert strategy.plans[1][33] == list(lmap) and strategy.fallbacks[1] == [33]
-    assert strategy.plans[2] == strategy.plans[1]  # no new query in round 2
-    queries = [m for m in grid.sent if m.metadata.message_type == "query.f3ocus"]
-    assert len(queries) == 3
+    assert not [m for m in grid.sent if m.metadata.message_type == QUERY_TYPE]
+    assert sorted(strategy.fallbacks[1]) == sorted(NODES) and strategy.fallbacks[2] == []
+    assert strategy.history[2].score_rounds == dict.fromkeys(NODES, 1)
+
+
+def test_scores_with_evaluate_replies_use_the_new_global_model(identity):
+    model, arrays = initial_arrays()
+    lmap = resolve_layers(model)
+    strategy = F3ocusStrategy(
+        FedAvg(fraction_evaluate=1.0, min_available_nodes=3),
+        lmap,
+        budget=1,
+        tradeoff=0.0,
+        score_with="evaluate",
+    )
+    grid = InProcessGrid(make_client_app(budgets={}), NODES)
+    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=2)
+    assert strategy.history[2].score_rounds == dict.fromkeys(NODES, 1)
+    after_1 = {k: torch.as_tensor(v) for k, v in result.arrays.to_torch_state_dict().items()}
+    assert after_1  # the evaluate replies' scores entered no aggregated evaluate metric
+    assert not any(k.startswith("f3ocus-score") for k in result.evaluate_metrics_clientapp[1])
+    train = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert not any(SCORE_LAYERS_KEY in m.content["config"] for m in train)
 
 
 def test_failed_selection_falls_back_for_everyone(identity):
@@ -259,10 +255,10 @@ def test_failed_selection_falls_back_for_everyone(identity):
     )
     result = strategy.start(grid=InProcessGrid(make_client_app(), NODES), initial_arrays=arrays, num_rounds=1)
     assert sorted(strategy.fallbacks[1]) == sorted(NODES)
-    assert all(len(layers) == 2 for layers in strategy.plans[1].values())
-    # least-covered, in turn: the three clients cover the four layers (2 + 2 + 2 = 6 slots)
+    assert all("select_layers failed" in why for why in strategy.history[1].fallback.values())
+    assert {n: len(p) for n, p in strategy.plans[1].items()} == {11: 2, 22: 2, 33: 1}  # 33 reports 1
     counts = [sum(layer in p for p in strategy.plans[1].values()) for layer in lmap]
-    assert sorted(counts) == [1, 1, 2, 2]
+    assert sorted(counts) == [1, 1, 1, 2]
     assert result.train_metrics_clientapp[1]["f3ocus-clients"] == 3
 
 
@@ -276,14 +272,14 @@ def test_skip_fallback_sends_no_train_message(identity):
     assert strategy.plans[1] == {} and sorted(strategy.fallbacks[1]) == sorted(NODES)
     assert not [m for m in grid.sent if m.metadata.message_type == "train"]
     assert len(result.arrays) == 0  # nothing aggregated: Flower keeps its global arrays
-    assert strategy.aggregate_train(1, []) == (None, None)
+    assert strategy.aggregate_train(5, []) == (None, None)
 
 
 def test_wraps_other_strategies_and_keeps_their_config(identity):
     model, arrays = initial_arrays()
     lmap = resolve_layers(model)
     inner = FedProx(proximal_mu=0.25, fraction_evaluate=0.0, min_available_nodes=3)
-    strategy = F3ocusStrategy(inner, lmap, budget=lambda node: 1 + (node == 11), solver="exact", tradeoff=0.0)
+    strategy = F3ocusStrategy(inner, lmap, budget=lambda node: 1 + (node == 11), tradeoff=0.0)
     grid = InProcessGrid(make_client_app(), NODES)
     strategy.start(grid=grid, initial_arrays=arrays, num_rounds=1)
     train = [m for m in grid.sent if m.metadata.message_type == "train"]
@@ -291,7 +287,6 @@ def test_wraps_other_strategies_and_keeps_their_config(identity):
     for m in train:
         assert m.content["config"]["proximal-mu"] == 0.25
         assert m.content["config"][LAYERS_KEY] == strategy.plans[1][m.metadata.dst_node_id]
-    # node 11: budget 2 from the callable; node 33 reports budget 1; node 22: 1
     assert {n: len(layers) for n, layers in strategy.plans[1].items()} == {11: 2, 22: 1, 33: 1}
 
 
@@ -303,7 +298,7 @@ def test_score_reply_loads_arrays_and_scores_the_listed_layers(identity):
     msg = Message(
         RecordDict({"arrays": ArrayRecord(trained.state_dict()), "config": config}),
         dst_node_id=11,
-        message_type="query.f3ocus",
+        message_type=QUERY_TYPE,
     )
     x, _ = client_data(11)
     reply = score_reply(msg, Net(), x, budget=2)
@@ -317,7 +312,7 @@ def test_score_reply_loads_arrays_and_scores_the_listed_layers(identity):
     bad = Message(
         RecordDict({"config": ConfigRecord({LAYERS_KEY: ["blocks.9"]})}),
         dst_node_id=11,
-        message_type="query.f3ocus",
+        message_type=QUERY_TYPE,
     )
     with pytest.raises(ValueError, match="the server's 'f3ocus-layers' contains 'blocks.9'"):
         score_reply(bad, Net(), x)
@@ -330,12 +325,20 @@ def test_pack_unpack_and_assigned_layers():
     assert assigned_layers(ConfigRecord({"server-round": 1})) is None
 
 
+class _Ctx:
+    def __init__(self, node_config):
+        self.node_config = node_config
+
+
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
         (lambda: pack_scores([1.0]), TypeError, "scores must be a mapping"),
         (lambda: pack_scores({"a": 1.0}, budget=0), ValueError, r"budget must lie in \[1, inf\]"),
+        (lambda: unpack_scores({"f3ocus-score:a": float("nan")}), ValueError, "must be a finite number"),
+        (lambda: unpack_scores({"f3ocus-budget": 2.5}), ValueError, "'f3ocus-budget' must be an integer"),
         (lambda: assigned_layers(3), TypeError, "message must be a flwr Message or a ConfigRecord"),
+        (lambda: node_budget(_Ctx({"f3ocus-budget": "two"})), ValueError, "node config 'f3ocus-budget'"),
         (
             lambda: F3ocusStrategy(object(), {"a": ["a.w"]}),
             TypeError,
@@ -343,6 +346,7 @@ def test_pack_unpack_and_assigned_layers():
         ),
         (lambda: F3ocusStrategy(FedAvg(), {}), ValueError, "layer_map must be a non-empty mapping"),
         (lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}, budget=1.5), TypeError, "budget must be an int"),
+        (lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}, max_budget=0), ValueError, "max_budget must lie"),
         (
             lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}, reselect_every=0),
             ValueError,
@@ -351,18 +355,36 @@ def test_pack_unpack_and_assigned_layers():
         (
             lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}, fallback="none"),
             ValueError,
-            "fallback='none' is not a valid",
+            "fallback='none' is not",
         ),
+        (lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}, solver="nsga3"), ValueError, "solver='nsga3' is not"),
         (
-            lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}, solver="nsga3"),
+            lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}, first_round="x"),
             ValueError,
-            "solver='nsga3' is not a valid",
+            "first_round='x' is not",
         ),
+        (lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}, score_with="x"), ValueError, "score_with='x' is not"),
+        (
+            lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}, query_timeout=None),
+            TypeError,
+            "query_timeout must be",
+        ),
+        (lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}).resume(), ValueError, r"resume\(\) needs save_dir"),
     ],
 )
 def test_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_server_budget_functions_are_checked(identity):
+    model, arrays = initial_arrays()
+    strategy = F3ocusStrategy(
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=3), resolve_layers(model), budget=lambda n: 0
+    )
+    grid = InProcessGrid(make_client_app(budgets={33: None}), NODES)
+    with pytest.raises(ValueError, match=r"budget\(\d+\) must lie in \[1, inf\], got 0"):
+        strategy.start(grid=grid, initial_arrays=arrays, num_rounds=1)
 
 
 def test_missing_flwr_names_the_extra(monkeypatch):

@@ -1,0 +1,580 @@
+"""``F3ocusStrategy``: per-client layer plans inside any Flower Message-API strategy.
+
+The round (F³OCUS, Saha et al., CVPR 2025), as the server runs it:
+
+1. The wrapped strategy samples the clients (its ``configure_train``).
+2. In a selection round (round 1, then every ``reselect_every`` rounds) the server solves
+   :func:`f3ocus.select_layers` on the scores each sampled client last sent, which rode on its previous
+   train (or evaluate) reply; in round 1 it asks with one ``"query.f3ocus"`` message
+   (``first_round="query"``) or starts every client on the fallback (``"fallback"``). Between selection
+   rounds each client keeps its own last plan.
+3. Each train message carries its client's layers; the client trains them and sends only them.
+4. Every reply is validated (:mod:`~f3ocus.integrations.flower.validate`); the valid ones are aggregated
+   layer by layer in the way the wrapped strategy defines (:mod:`~f3ocus.integrations.flower.compose`).
+
+Every round leaves a :class:`~f3ocus.integrations.flower.record.RoundRecord` in ``history``, metrics in
+the run's ``Result`` and log lines; with ``save_dir`` the global arrays and the state are saved after
+every round and :meth:`F3ocusStrategy.resume` continues from them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from f3ocus._checks import check_choice, check_int, check_positive_float, describe
+from f3ocus.integrations.flower import protocol as P
+from f3ocus.integrations.flower.compose import _DP_CLIENT, _DP_SERVER, Update, aggregate_masked, compose
+from f3ocus.integrations.flower.memory import PlanMemory, least_covered, load_saved, save_round
+from f3ocus.integrations.flower.record import RoundRecord
+from f3ocus.integrations.flower.traffic import message_nbytes, nbytes_with_content
+from f3ocus.integrations.flower.validate import (
+    InvalidReply,
+    clean_metrics,
+    read_arrays,
+    read_budget,
+    read_scores,
+    read_weight,
+    reply_metrics,
+    reply_node,
+)
+
+__all__ = ["F3ocusStrategy"]
+
+
+class F3ocusStrategy(Strategy):
+    """Wrap a Flower Message-API strategy so that each client trains only its selected layers.
+
+    Args:
+        strategy: The wrapped strategy, e.g. ``FedAvg(...)``, ``FedAdam(...)``, ``Krum(...)`` or
+            ``DifferentialPrivacyServerSideFixedClipping(FedAvg(...), ...)``; see the table in the
+            Flower guide for what each one does under a plan. Strategies that a plan would silently break
+            are refused with a ``ValueError`` that says what to use instead.
+        layer_map: Layer name -> array keys of the global ``ArrayRecord``, e.g.
+            :func:`f3ocus.resolve_layers` or :func:`f3ocus.fl.adapter_layers` of the server's model.
+        budget: Layers per client when the client reports none: an int or ``budget(node_id) -> int``.
+        max_budget: Cap on every budget, the client-reported ones included: an int or
+            ``max_budget(node_id) -> int`` (None: the number of layers).
+        solver: :func:`f3ocus.select_layers` solver name.
+        tradeoff: Passed to :func:`f3ocus.select_layers`.
+        normalize: Passed to :func:`f3ocus.select_layers`.
+        seed: Seed of the selection (round $r$ uses ``seed + r``); DP noise never derives from it.
+        reselect_every: Plans are recomputed in rounds $1, 1 + s, 1 + 2s, \\dots$.
+        fallback: Plan of a node without usable scores or plan, and of every node if selection fails:
+            ``"least-covered"`` (its budget's worth of the layers least trained over the last
+            ``fallback_window`` rounds and this one), ``"all"``, or ``"skip"`` (not trained this round).
+        fallback_window: Rounds of coverage history the fallback looks back on.
+        first_round: ``"query"`` (round 1 asks each client for scores with one extra message) or
+            ``"fallback"`` (round 1 runs on the fallback; scores arrive with its replies).
+        score_with: Which reply carries the scores for the next selection round: ``"train"`` (computed
+            on the global model the client received) or ``"evaluate"`` (on the new global model; needs
+            federated evaluation of the sampled clients).
+        query_timeout: Seconds to wait for the round-1 scores.
+        save_dir: Directory to save the global arrays and the state to after every round, or None.
+        solver_options: Further keyword arguments of :func:`f3ocus.select_layers`.
+
+    Attributes:
+        history: ``{round: RoundRecord}``.
+        plans: ``{round: {node id: layer names}}``.
+        fallbacks: ``{round: [node ids on the fallback plan]}``.
+        composition: How the masked round meets the wrapped strategy.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        layer_map: Mapping[str, Sequence[str]],
+        *,
+        budget: int | Callable[[int], int] = 1,
+        max_budget: int | Callable[[int], int] | None = None,
+        solver: str = "exact",
+        tradeoff: float | None = None,
+        normalize: str = "sum",
+        seed: int = 0,
+        reselect_every: int = 1,
+        fallback: str = "least-covered",
+        fallback_window: int = 3,
+        first_round: str = "query",
+        score_with: str = "train",
+        query_timeout: float = 120.0,
+        save_dir: str | Path | None = None,
+        solver_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(strategy, Strategy):
+            raise TypeError(
+                "strategy must be a Message-API strategy from flwr.serverapp.strategy (e.g. FedAvg()), "
+                f"got {describe(strategy)}."
+            )
+        if not isinstance(layer_map, Mapping) or not layer_map:
+            raise ValueError(
+                "layer_map must be a non-empty mapping layer name -> array keys, e.g. "
+                f"f3ocus.resolve_layers(model); got {describe(layer_map)}."
+            )
+        for name in ("budget", "max_budget"):
+            value = locals()[name]
+            if value is not None and not callable(value):
+                check_int(name, value, low=1)
+        from f3ocus import available_solvers
+
+        check_choice("solver", solver, available_solvers())
+        self.composition = compose(strategy)
+        self.strategy = strategy
+        self.layer_map = {str(k): [str(p) for p in v] for k, v in layer_map.items()}
+        self.budget, self.max_budget = budget, max_budget
+        self.solver, self.tradeoff, self.normalize = solver, tradeoff, normalize
+        self.seed = check_int("seed", seed)
+        self.reselect_every = check_int("reselect_every", reselect_every, low=1)
+        self.fallback = check_choice("fallback", fallback, ["least-covered", "all", "skip"])
+        self.fallback_window = check_int("fallback_window", fallback_window, low=0)
+        self.first_round = check_choice("first_round", first_round, ["query", "fallback"])
+        self.score_with = check_choice("score_with", score_with, ["train", "evaluate"])
+        self.query_timeout = check_positive_float("query_timeout", query_timeout)
+        self.save_dir = None if save_dir is None else Path(save_dir)
+        self.solver_options = dict(solver_options or {})
+        self.memory = PlanMemory()
+        self.history: dict[int, RoundRecord] = {}
+        self.plans: dict[int, dict[int, list[str]]] = {}
+        self.fallbacks: dict[int, list[int]] = {}
+        self._offset = 0
+        self._rng = np.random.default_rng()  # DP noise: fresh entropy, never the selection seed
+        self._global: ArrayRecord | None = None
+        self._round: dict[str, Any] = {}
+        self._score_problems: dict[int, str] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+    @property
+    def _layers(self) -> list[str]:
+        return list(self.layer_map)
+
+    def _weight_key(self) -> str:
+        return getattr(self.composition.aggregator, "weighted_by_key", "num-examples")
+
+    def _array_key(self) -> str:
+        return getattr(self.composition.aggregator, "arrayrecord_key", "arrays")
+
+    def _server_int(self, name: str, value: Any, node: int) -> int:
+        if callable(value):
+            return check_int(f"{name}({node})", value(node), low=1)
+        return int(value)
+
+    def _budget_for(self, node: int, reported: int | None) -> int:
+        b = reported if reported is not None else self._server_int("budget", self.budget, node)
+        if self.max_budget is not None:
+            b = min(b, self._server_int("max_budget", self.max_budget, node))
+        return max(1, min(int(b), len(self.layer_map)))
+
+    def _warn(self, node: int, what: str, reason: str) -> None:
+        log(WARNING, "f3ocus: round %d, node %d: %s (%s)", self._round.get("round", 0), node, what, reason)
+
+    def _count(self, node: int, down: int = 0, up: int = 0, fed_down: int = 0, fed_up: int = 0) -> None:
+        r = self._round
+        for key, n in (("down", down), ("up", up), ("fed_down", fed_down), ("fed_up", fed_up)):
+            r[key][node] = r[key].get(node, 0) + n
+
+    def _harvest(self, node: int, content: Any, server_round: int) -> None:
+        """Remember the valid scores and budget a reply carries; note why they are unusable if not."""
+        try:
+            found = read_scores(content, self._layers)
+        except InvalidReply as err:
+            self.memory.scores.pop(node, None)
+            self._score_problems[node] = f"invalid scores: {err}"
+            self._warn(node, "scores rejected, it gets the fallback next selection", str(err))
+            return
+        if found is None:
+            return
+        scores, raw_budget = found
+        budget = None
+        if raw_budget is not None:
+            try:
+                budget = read_budget(raw_budget, len(self.layer_map))
+            except InvalidReply as err:
+                self._warn(node, "budget ignored, the server's applies", str(err))
+        self.memory.scores[node] = (server_round, scores, budget)
+        self._score_problems.pop(node, None)
+
+    def _sent_ids(self, messages: Iterable[Message]) -> dict[str, int]:
+        return {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+
+    def _with_config(self, m: Message, extra: Mapping[str, Any]) -> Message:
+        content = RecordDict(
+            {
+                key: ConfigRecord({**rec, **extra}) if isinstance(rec, ConfigRecord) else rec
+                for key, rec in m.content.items()
+            }
+        )
+        return Message(
+            content,
+            dst_node_id=m.metadata.dst_node_id,
+            message_type=m.metadata.message_type,
+            group_id=m.metadata.group_id or None,
+        )
+
+    # -- delegation ----------------------------------------------------------------------------
+    def summary(self) -> None:
+        """Log the wrapped strategy's summary, the selection settings and how they compose."""
+        self.strategy.summary()
+        log(
+            INFO,
+            "\t└──> f3ocus: %d layers, solver %r, budget %s (max %s), reselect every %d, fallback %r, "
+            "first round %r, scores with %r",
+            len(self.layer_map),
+            self.solver,
+            self.budget,
+            self.max_budget,
+            self.reselect_every,
+            self.fallback,
+            self.first_round,
+            self.score_with,
+        )
+        log(INFO, "\t\t└── aggregation: %s", self.composition.describe())
+
+    # -- selection -----------------------------------------------------------------------------
+    def _query(self, server_round: int, arrays: ArrayRecord, nodes: list[int], grid: Grid) -> None:
+        config = ConfigRecord({"server-round": server_round, P.LAYERS_KEY: self._layers})
+        messages = [
+            Message(
+                RecordDict({"arrays": arrays, "config": config}),
+                dst_node_id=node,
+                message_type=P.QUERY_TYPE,
+                group_id=str(server_round),
+            )
+            for node in nodes
+        ]
+        for m in messages:
+            self._count(m.metadata.dst_node_id, down=message_nbytes(m))
+        replies = list(grid.send_and_receive(messages, timeout=self.query_timeout))
+        sent = self._sent_ids(messages)
+        for reply in replies:
+            node = reply_node(reply, sent)
+            self._count(node, up=message_nbytes(reply))
+            if reply.has_error():
+                self._score_problems[node] = f"error reply to the score query: {reply.error.reason}"
+                self._warn(node, "no scores", self._score_problems[node])
+            else:
+                self._harvest(node, reply.content, server_round)
+        for node in nodes:
+            if node not in self.memory.scores:
+                self._score_problems.setdefault(node, "no reply to the score query")
+
+    def _select(self, server_round: int, nodes: list[int]) -> tuple[dict[int, list[str]], dict[int, str]]:
+        from f3ocus import select_layers
+
+        ok = [n for n in nodes if n in self.memory.scores]
+        reasons = {n: self._score_problems.get(n, "no scores yet") for n in nodes if n not in ok}
+        if not ok:
+            return {}, reasons
+        budgets = [self._budget_for(n, self.memory.scores[n][2]) for n in ok]
+        start = time.perf_counter()
+        try:
+            assignment = select_layers(
+                [self.memory.scores[n][1] for n in ok],
+                budgets,
+                solver=self.solver,
+                tradeoff=self.tradeoff,
+                normalize=self.normalize,
+                seed=self.seed + server_round,
+                **self.solver_options,
+            )
+        except Exception as err:  # a failed selection must not break the round
+            log(
+                WARNING,
+                "f3ocus: select_layers failed (%s: %s); every client gets the fallback",
+                type(err).__name__,
+                err,
+            )
+            return {}, {n: f"select_layers failed: {type(err).__name__}" for n in nodes}
+        r = self._round
+        r["solver_seconds"] = time.perf_counter() - start
+        r["importance"], r["diversity"] = float(assignment.importance), float(assignment.diversity)
+        r["score_rounds"] = {n: self.memory.scores[n][0] for n in ok}
+        return {n: list(assignment.layers[i]) for i, n in enumerate(ok)}, reasons
+
+    def _fallback_plan(self, node: int, counts: dict[str, int], server_round: int) -> list[str] | None:
+        if self.fallback == "skip":
+            return None
+        if self.fallback == "all":
+            return self._layers
+        reported = self.memory.scores.get(node, (0, {}, None))[2]
+        b = self._budget_for(node, reported)
+        return least_covered(
+            self._layers, b, counts, self.memory.coverage, server_round, self.fallback_window
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The wrapped strategy's train messages, each with its client's layers in its config."""
+        caller = sys._getframe(1).f_locals.get("self")
+        if isinstance(caller, _DP_SERVER + _DP_CLIENT):
+            raise TypeError(
+                f"{type(caller).__name__} wraps F3ocusStrategy; put it inside instead: "
+                "F3ocusStrategy(DifferentialPrivacyServerSideFixedClipping(FedAvg(...), ...), layer_map)."
+            )
+        rnd = server_round + self._offset
+        self._round = {"round": rnd, "down": {}, "up": {}, "fed_down": {}, "fed_up": {}, "failed": {}}
+        self._round.update(solver_seconds=0.0, importance=None, diversity=None, score_rounds={}, info={})
+        inner = list(self.strategy.configure_train(rnd, arrays, config, grid))
+        self._global = arrays
+        nodes = [m.metadata.dst_node_id for m in inner]
+        selected = (rnd - 1) % self.reselect_every == 0
+        if selected:
+            unscored = [n for n in nodes if n not in self.memory.scores]
+            if rnd == 1 and self.first_round == "query" and unscored:
+                self._query(rnd, arrays, unscored, grid)
+            plan, reasons = self._select(rnd, nodes)
+        else:
+            plan = {n: self.memory.plans[n][1] for n in nodes if n in self.memory.plans}
+            reasons = {n: "no plan of its own yet (between selection rounds)" for n in nodes if n not in plan}
+        counts = {layer: sum(layer in p for p in plan.values()) for layer in self.layer_map}
+        for node in [n for n in nodes if n not in plan]:
+            layers = self._fallback_plan(node, counts, rnd)
+            if layers is not None:
+                plan[node] = layers
+                for layer in layers:
+                    counts[layer] += 1
+        for node, layers in plan.items():
+            self.memory.plans[node] = (rnd, list(layers))
+        self.memory.coverage[rnd] = dict(counts)
+        self.plans[rnd], self.fallbacks[rnd] = plan, list(reasons)
+        self._round.update(selected=selected, fallback=reasons, plan=plan, planned=counts)
+        extra_score = rnd % self.reselect_every == 0 and self.score_with == "train"
+        out = []
+        for m in inner:
+            node = m.metadata.dst_node_id
+            self._count(node, fed_down=message_nbytes(m))
+            if node not in plan:
+                continue
+            extra: dict[str, Any] = {P.LAYERS_KEY: plan[node]}
+            if extra_score:
+                extra[P.SCORE_LAYERS_KEY] = self._layers
+            msg = self._with_config(m, extra)
+            self._count(node, down=message_nbytes(msg))
+            out.append(msg)
+        self._train_out = out
+        log(INFO, "f3ocus: round %d plan%s: %s", rnd, " (new)" if selected else "", plan)
+        if reasons:
+            log(INFO, "f3ocus: round %d, fallback %r for %s", rnd, self.fallback, reasons)
+        return out
+
+    # -- aggregation ---------------------------------------------------------------------------
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate every reply, aggregate the valid ones per layer as the wrapped strategy defines."""
+        replies = list(replies)
+        rnd = server_round + self._offset
+        if not self._round or self._round.get("round") != rnd or self._global is None:
+            return None, None
+        plan, wkey, akey = self.plans.get(rnd, {}), self._weight_key(), self._array_key()
+        full = {k: self._global[k] for k in self._global}
+        global_np = {k: np.asarray(a.numpy()) for k, a in full.items()}
+        sent = self._sent_ids(getattr(self, "_train_out", []))
+        updates, metric_contents, seen = [], [], set()
+        for reply in replies:
+            node = reply_node(reply, sent)
+            seen.add(node)
+            self._count(node, up=message_nbytes(reply))
+            if reply.has_error():
+                self._round["failed"][node] = f"error reply: {reply.error.reason}"
+                self._warn(node, "train reply left out", self._round["failed"][node])
+                continue
+            content = reply.content
+            baseline = {
+                k: v for k, v in content.items() if k != P.SCORES_KEY and k not in content.array_records
+            }
+            self._count(node, fed_up=nbytes_with_content(reply, {akey: self._global, **baseline}))
+            if self.score_with == "train":
+                self._harvest(node, content, rnd)
+            try:
+                if node not in plan:
+                    raise InvalidReply("the node has no plan this round")
+                metrics = reply_metrics(content, wkey)
+                weight = read_weight(metrics, wkey)
+                keys = [k for layer in plan[node] for k in self.layer_map[layer] if k in global_np]
+                arrays = read_arrays(content, {k: global_np[k] for k in keys}, global_np, akey)
+            except InvalidReply as err:
+                self._round["failed"][node] = str(err)
+                self._warn(node, "train reply left out", str(err))
+                continue
+            cleaned, dropped = clean_metrics(metrics)
+            if dropped:
+                self._warn(node, "metrics dropped", f"non-finite values under {dropped[:3]}")
+            updates.append(Update(node, weight, arrays))
+            metric_contents.append(RecordDict({"metrics": cleaned}))
+        for node in [n for n in plan if n not in seen]:
+            self._round["failed"][node] = "no train reply (node lost or timed out)"
+            self._warn(node, "train reply missing", "no reply before the timeout")
+        keys_of = {layer: [k for k in ks if k in global_np] for layer, ks in self.layer_map.items()}
+        if updates:
+            new, info = aggregate_masked(self.composition, rnd, self._global, updates, keys_of, self._rng)
+        else:
+            new, info = None, {"coverage": dict.fromkeys(self.layer_map, 0), "kept": {}, "noise_std": {}}
+        for layer, reason in info["kept"].items():
+            log(WARNING, "f3ocus: round %d, layer %r kept its value: %s", rnd, layer, reason)
+        self._round["info"] = info
+        metrics = self._train_metrics(metric_contents, wkey, info)
+        if self.save_dir is not None:
+            self._save(rnd, new if new is not None else self._global)
+        return new, metrics if updates else None
+
+    def _train_metrics(self, contents: list[RecordDict], wkey: str, info: dict[str, Any]) -> MetricRecord:
+        aggr = getattr(self.composition.aggregator, "train_metrics_aggr_fn", None) or aggregate_metricrecords
+        try:
+            metrics = aggr(contents, wkey) if contents else MetricRecord()
+        except Exception as err:  # metrics must not break the round
+            log(WARNING, "f3ocus: could not aggregate train metrics: %s", err)
+            metrics = MetricRecord()
+        r = self._round
+        up, fed_up = sum(r["up"].values()), sum(r["fed_up"].values())
+        down, fed_down = sum(r["down"].values()), sum(r["fed_down"].values())
+        metrics["f3ocus-clients"] = len(contents)
+        metrics["f3ocus-failed-clients"] = len(r["failed"])
+        metrics["f3ocus-fallback-clients"] = len(r["fallback"])
+        for layer, n in info["coverage"].items():
+            metrics[f"f3ocus-coverage:{layer}"] = int(n)
+        if r["importance"] is not None:
+            metrics["f3ocus-importance"], metrics["f3ocus-diversity"] = r["importance"], r["diversity"]
+            metrics["f3ocus-solver-seconds"] = float(r["solver_seconds"])
+        metrics["f3ocus-bytes-up"], metrics["f3ocus-bytes-down"] = int(up), int(down)
+        metrics["f3ocus-fedavg-bytes-up"], metrics["f3ocus-fedavg-bytes-down"] = int(fed_up), int(fed_down)
+        metrics["f3ocus-up-fraction"] = up / fed_up if fed_up else 0.0
+        return metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The wrapped strategy's evaluation messages (with a score request when scores ride on them)."""
+        rnd = server_round + self._offset
+        inner = list(self.strategy.configure_evaluate(rnd, arrays, config, grid))
+        ask = self.score_with == "evaluate" and rnd % self.reselect_every == 0
+        out = [self._with_config(m, {P.SCORE_LAYERS_KEY: self._layers}) if ask else m for m in inner]
+        if self._round.get("round") == rnd:
+            for m, o in zip(inner, out, strict=True):
+                self._count(m.metadata.dst_node_id, down=message_nbytes(o), fed_down=message_nbytes(m))
+        self._eval_out = out
+        return out
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Validate the evaluation replies, hand the valid ones to the wrapped strategy, close the round."""
+        rnd = server_round + self._offset
+        counting = self._round.get("round") == rnd
+        sent = self._sent_ids(getattr(self, "_eval_out", []))
+        valid, wkey = [], self._weight_key()
+        for reply in replies:
+            node = reply_node(reply, sent)
+            if counting:
+                self._count(node, up=message_nbytes(reply))
+            if reply.has_error():
+                if counting:
+                    self._round["failed"].setdefault(node, f"evaluate error reply: {reply.error.reason}")
+                self._warn(node, "evaluate reply left out", f"error reply: {reply.error.reason}")
+                continue
+            if self.score_with == "evaluate":
+                self._harvest(node, reply.content, rnd)
+            baseline = {k: v for k, v in reply.content.items() if k != P.SCORES_KEY}
+            if counting:
+                self._count(node, fed_up=nbytes_with_content(reply, baseline))
+            try:
+                metrics = reply_metrics(reply.content, wkey)
+                read_weight(metrics, wkey)
+            except InvalidReply as err:
+                self._warn(node, "evaluate reply left out", str(err))
+                continue
+            reply.content = RecordDict({"metrics": clean_metrics(metrics)[0]})
+            valid.append(reply)
+        try:
+            result = self.strategy.aggregate_evaluate(rnd, valid) if valid else None
+        except Exception as err:  # e.g. clients that report different metric keys
+            log(
+                WARNING, "f3ocus: round %d, the wrapped strategy could not aggregate evaluation: %s", rnd, err
+            )
+            result = None
+        if counting:
+            self._close_round()
+        return result
+
+    def _close_round(self) -> None:
+        r, info = self._round, self._round.get("info", {})
+        record = RoundRecord(
+            round=r["round"],
+            selected=bool(r.get("selected", False)),
+            plan={int(n): list(p) for n, p in r.get("plan", {}).items()},
+            planned_coverage=dict(r.get("planned", {})),
+            coverage=dict(info.get("coverage", {})),
+            importance=r["importance"],
+            diversity=r["diversity"],
+            solver_seconds=float(r["solver_seconds"]),
+            score_rounds=dict(r["score_rounds"]),
+            fallback=dict(r.get("fallback", {})),
+            failed=dict(r["failed"]),
+            kept=dict(info.get("kept", {})),
+            noise_std=dict(info.get("noise_std", {})),
+            bytes_up=dict(r["up"]),
+            bytes_down=dict(r["down"]),
+            fedavg_bytes_up=dict(r["fed_up"]),
+            fedavg_bytes_down=dict(r["fed_down"]),
+        )
+        self.history[record.round] = record
+        s = record.stats
+        log(
+            INFO,
+            "f3ocus: round %d traffic: up %d B, down %d B; full FedAvg: up %d B, down %d B; ratio %.3f; "
+            "per node (up, down): %s",
+            record.round,
+            s["bytes_up"],
+            s["bytes_down"],
+            s["fedavg_bytes_up"],
+            s["fedavg_bytes_down"],
+            s["bytes_ratio"],
+            {n: (record.bytes_up.get(n, 0), record.bytes_down.get(n, 0)) for n in record.bytes_down},
+        )
+        log(INFO, "f3ocus: round %d coverage %s, failed %s", record.round, record.coverage, record.failed)
+        if self.save_dir is not None:
+            self._save(record.round, None)
+
+    # -- saving --------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "memory": self.memory.to_dict(),
+            "history": {str(r): rec.to_dict() for r, rec in self.history.items()},
+        }
+
+    def _save(self, rnd: int, arrays: ArrayRecord | None) -> None:
+        if arrays is not None:
+            self._last_saved = arrays
+        arrays = getattr(self, "_last_saved", None)
+        if arrays is not None:
+            save_round(self.save_dir, rnd, arrays, self._state(), self.composition.aggregator)
+
+    def resume(self) -> ArrayRecord | None:
+        """Restore the state saved in ``save_dir``; returns the saved global arrays (None if none).
+
+        Continue with ``strategy.start(grid=grid, initial_arrays=arrays, num_rounds=remaining)``: rounds
+        are numbered on from the saved one, plans, scores, coverage and the wrapped optimizer's moments
+        are restored.
+        """
+        if self.save_dir is None:
+            raise ValueError("resume() needs save_dir=...; pass the directory the run saved to.")
+        loaded = load_saved(self.save_dir, self.composition.aggregator)
+        if loaded is None:
+            return None
+        arrays, doc = loaded
+        self.memory = PlanMemory.from_dict(doc.get("memory", {}))
+        self.history = {int(r): RoundRecord.from_dict(d) for r, d in doc.get("history", {}).items()}
+        self.plans = {r: rec.plan for r, rec in self.history.items()}
+        self.fallbacks = {r: list(rec.fallback) for r, rec in self.history.items()}
+        self._offset = int(doc["round"])
+        self._last_saved = arrays
+        log(INFO, "f3ocus: resumed from %s after round %d", self.save_dir, self._offset)
+        return arrays
