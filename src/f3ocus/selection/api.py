@@ -11,16 +11,24 @@ import numpy as np
 from pymoo.core.algorithm import Algorithm
 from pymoo.optimize import minimize
 
-from f3ocus._checks import check_positive_float, describe
+from f3ocus._checks import check_choice, check_positive_float, close_matches, describe
 from f3ocus.selection.assignment import LayerAssignment, ParetoFront
+from f3ocus.selection.constraints import (
+    as_capacities,
+    as_cells,
+    as_costs,
+    as_coverage,
+    as_previous,
+    check_feasible,
+)
 from f3ocus.selection.decision import knee_tradeoff, pick
 from f3ocus.selection.inputs import as_budgets, as_score_matrix, normalize_scores
-from f3ocus.selection.operators import repair
-from f3ocus.selection.problem import SelectionProblem, SelectionPymooProblem
+from f3ocus.selection.plans import anchor_plan, repair
+from f3ocus.selection.problem import COUPLINGS, SelectionProblem, SelectionPymooProblem
 from f3ocus.selection.reference import pareto_mask
 from f3ocus.selection.solvers import SolverOutput, SolverSpec, get_solver
 
-__all__ = ["select_layers", "solve_problem"]
+__all__ = ["build_problem", "select_layers", "solve_problem"]
 
 
 def _check_seed(seed: Any) -> int:
@@ -91,7 +99,7 @@ def _polish(
     """
     from f3ocus.selection.solvers._moves import polish
 
-    imp, div = selection.importance(masks), selection.diversity(masks)
+    imp, div = selection.benefit(masks), selection.diversity(masks)
     if tradeoff is None:  # the knee of the solver's own front: the optimum at its end-to-end slope
         nd = np.flatnonzero(pareto_mask(np.column_stack([-imp, div])))
         a, b = nd[np.argmax(imp[nd])], nd[np.argmin(div[nd])]
@@ -120,6 +128,7 @@ def solve_problem(
     ``normalize``, ``exact_budget`` are the problem's).
     """
     spec = get_solver(solver)
+    check_options(spec, solver_options)
     if tradeoff is not None:
         tradeoff = check_positive_float("tradeoff", tradeoff, allow_zero=True)
     seed = _check_seed(seed)
@@ -137,8 +146,8 @@ def solve_problem(
 
     masks = np.unique(np.asarray(out.masks, dtype=bool).reshape(-1, selection.K, selection.L), axis=0)
     if not np.all(selection.is_feasible(masks)):  # a bug in a solver, never the user's input
-        raise RuntimeError(f"solver {spec.name!r} returned a plan that breaks the budgets.")
-    imp, div = selection.importance(masks), selection.diversity(masks)
+        raise RuntimeError(f"solver {spec.name!r} returned a plan that breaks the budgets or constraints.")
+    imp, div = selection.benefit(masks), selection.diversity(masks)
     front = None
     if spec.multi_objective:
         nd = np.flatnonzero(pareto_mask(np.column_stack([-imp, div])))
@@ -161,22 +170,29 @@ def solve_problem(
         stats["default_tradeoff"] = used
     stats.update(out.extra)
     if certify:
-        from f3ocus.selection.exact import exact_optimum
+        from f3ocus.selection.exact import solve_exact
 
         t_cert = used if used is not None else knee_tradeoff(selection)
-        optimum = float(selection.scalarized(exact_optimum(selection, t_cert), t_cert))
+        plan, info = solve_exact(selection, t_cert)
+        optimum = float(selection.scalarized(plan, t_cert))
         value = float(selection.scalarized(masks[best], t_cert))
         stats.update(
             certify_tradeoff=t_cert,
             scalarized=value,
             exact_scalarized=optimum,
             gap=(optimum - value) / max(abs(optimum), 1e-300) if optimum != value else 0.0,
+            certify_method=info["method"],
         )
+        if "bound" in info:
+            bound = max(float(info["bound"]), optimum)
+            stats.update(bound=bound, gap_to_bound=max(0.0, (bound - value) / max(abs(bound), 1e-300)))
     elif used is not None:
         stats["scalarized"] = float(selection.scalarized(masks[best], used))
+    if not selection.plain:
+        stats.update(_constraint_stats(selection, masks[best]))
     return LayerAssignment(
         mask=masks[best],
-        importance=float(imp[best]),
+        importance=float(imp[best]) if selection.plain else float(selection.importance(masks[best])),
         diversity=float(div[best]),
         budgets=selection.budgets,
         layer_names=selection.layer_names,
@@ -184,6 +200,38 @@ def solve_problem(
         front=front,
         stats=stats,
     )
+
+
+def _constraint_stats(selection: SelectionProblem, mask: np.ndarray) -> dict[str, Any]:
+    """What the constraints did to the returned plan (JSON values)."""
+    out: dict[str, Any] = {"coupling": selection.coupling}
+    if selection.costs is not None:
+        out.update(costs=selection.costs.tolist(), capacities=selection.capacities.tolist(),
+                   loads=selection.loads(mask).tolist())
+    if selection.previous is not None:
+        out.update(changes=int(selection.changes(mask)), churn_penalty=selection.churn_penalty)
+    for name in ("required", "allowed"):
+        cells = getattr(selection, name)
+        if cells is not None:
+            out[f"{name}_cells"] = int(cells.sum())
+    if selection.min_coverage is not None:
+        out["min_coverage"] = selection.min_coverage.tolist()
+    return out
+
+
+def check_options(spec: SolverSpec, options: dict[str, Any]) -> None:
+    """Unknown solver options are an error with a did-you-mean, not silently ignored."""
+    valid = spec.option_names
+    if valid is None:
+        return
+    for key in options:
+        if key not in valid:
+            near = close_matches(key, sorted(valid), n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise TypeError(
+                f"select_layers(..., solver={spec.name!r}, {key}=...): {key!r} is not an option of this solver."
+                f"{hint} Its options: {', '.join(sorted(valid)) or '(none)'}."
+            )
 
 
 def select_layers(
@@ -194,20 +242,30 @@ def select_layers(
     tradeoff: float | None = None,
     normalize: str = "sum",
     seed: int | None = None,
-    exact_budget: bool = True,
+    exact_budget: bool | None = None,
     certify: bool = False,
+    costs: Any = None,
+    required: Any = None,
+    required_in_budget: bool = True,
+    forbidden: Any = None,
+    allowed: Any = None,
+    min_coverage: Any = None,
+    previous: Any = None,
+    churn_penalty: float = 0.0,
+    coupling: str = "spread",
     **solver_options: Any,
 ) -> LayerAssignment:
     r"""Decide which layers each client trains (F³OCUS server step, Saha et al., CVPR 2025).
 
     The plan $m \in \{0,1\}^{K\times L}$ trades importance $\sum_{kl} m_{kl} S_{kl}$ (maximize) against
     diversity $\frac{1}{L}\sum_l (n_l - \bar n)^2$ (minimize, $n_l$ = clients training layer $l$) under
-    per-client budgets. See the docs page "The problem" for the formulas.
+    per-client budgets and constraints. See the docs pages "The problem" and "Constraints".
 
     Args:
         scores: a ``(K, L)`` array-like of non-negative layer scores (e.g. NTK eigenvalues), or a sequence
             of ``LayerScores`` / mappings ``layer name -> score``, one per client, aligned by name.
         budget: layers per client: one int for every client or one int per client, each in ``1..L``.
+            With ``costs``: each client's capacity in cost units (a number, or one per client).
         solver: a name from :func:`~f3ocus.selection.solvers.available_solvers` (``"nsga2"``, ``"ga"``,
             ``"pso"``, ``"de"``, ``"sa"``, ``"abc"``, ``"aco"``, ``"mopso"``, ``"exact"``, ``"topk"``,
             ``"random"``) or one registered with ``@register_solver``.
@@ -216,17 +274,33 @@ def select_layers(
             A number $t \ge 0$: every solver returns the plan maximizing importance $- t\cdot$diversity.
         normalize: client normalization, ``"sum"`` (the paper's), ``"max"``, ``"rank"`` or ``"none"``.
         seed: makes the run reproducible; ``None`` draws one (recorded in ``stats["seed"]``).
-        exact_budget: each client trains exactly ``budget[k]`` layers (default) or at most that many.
+        exact_budget: each client trains exactly ``budget[k]`` layers (``None``: the default, ``True``
+            for count budgets) or at most that many. With ``costs`` budgets are capacities (at most).
         certify: also solve exactly and report ``stats["gap"]``, the relative gap of the returned plan's
-            importance $- t\cdot$diversity to the exact optimum (at $t^\star$ when ``tradeoff=None``).
-        **solver_options: passed to the solver (e.g. ``pop_size``, ``n_gen``), and ``termination`` to
-            ``pymoo.optimize.minimize`` for pymoo solvers.
+            importance $- t\cdot$diversity to the exact optimum (at $t^\star$ when ``tradeoff=None``);
+            where the exact optimum is a MIP, ``stats["bound"]`` is its proven upper bound and
+            ``stats["gap_to_bound"]`` the gap to it.
+        costs: ``None`` (count budgets), a length-L array of positive layer costs, or ``"params"`` /
+            ``"bytes"`` (from ``LayerScores.num_params``); see :mod:`f3ocus.selection.constraints`.
+        required: cells every client trains (e.g. the head): names, indices or bool masks, for every
+            client or per client.
+        required_in_budget: whether required cells use the budget (default) or come on top of it.
+        forbidden: cells a client may not train (same forms as ``required``).
+        allowed: the cells a client may train, the complement of ``forbidden`` (pass one of the two).
+        min_coverage: each layer trained by at least this many clients (int, per layer, or a mapping).
+        previous: last round's ``LayerAssignment`` or ``(K, L)`` mask, for ``churn_penalty``.
+        churn_penalty: objective price $\lambda \ge 0$ per cell that differs from ``previous``.
+        coupling: ``"spread"`` (default, F³OCUS: minimize the variance of the counts) or ``"agree"``
+            (Sun et al. 2024: penalize disagreement $\frac{1}{L}\sum_l n_l (K - n_l)$).
+        **solver_options: the solver's own options (e.g. ``pop_size``, ``n_gen``), checked against the
+            ones it declares, and ``termination`` for pymoo solvers.
 
     Returns:
         A :class:`~f3ocus.selection.assignment.LayerAssignment`.
 
     Raises:
-        TypeError, ValueError: an argument is malformed; the message names it.
+        TypeError, ValueError: an argument is malformed, an option unknown, or the constraints cannot be
+            met; the message names the argument and says why.
 
     Example:
         >>> import numpy as np
@@ -236,17 +310,22 @@ def select_layers(
         [[0], [0], [0]]
         >>> select_layers(scores, 1, solver="exact", tradeoff=10.0).counts.tolist()
         [1, 1, 1]
+        >>> select_layers(scores, 1, solver="exact", tradeoff=0.0, forbidden=[[0], [], []]).layers
+        [[1], [0], [0]]
     """
     raw, names = as_score_matrix(scores)
-    if not isinstance(exact_budget, (bool, np.bool_)):
-        raise TypeError(f"exact_budget must be True or False, got {describe(exact_budget)}.")
+    if exact_budget is not None and not isinstance(exact_budget, (bool, np.bool_)):
+        raise TypeError(f"exact_budget must be True or False (or None for the default), got {describe(exact_budget)}.")
     normalized = normalize_scores(raw, normalize)
-    budgets = as_budgets(budget, *raw.shape)
     if tradeoff is not None:
         tradeoff = check_positive_float("tradeoff", tradeoff, allow_zero=True)
         if not math.isfinite(tradeoff):  # pragma: no cover - check_positive_float rejects it
             raise ValueError(f"tradeoff must be finite, got {tradeoff}.")
-    selection = SelectionProblem(normalized, budgets, bool(exact_budget), names)
+    selection = build_problem(
+        normalized, names, budget, scores=scores, exact_budget=exact_budget, costs=costs, required=required,
+        required_in_budget=required_in_budget, forbidden=forbidden, allowed=allowed, min_coverage=min_coverage,
+        previous=previous, churn_penalty=churn_penalty, coupling=coupling,
+    )
     result = solve_problem(
         selection, solver=solver, tradeoff=tradeoff, seed=seed, certify=certify, **solver_options
     )
@@ -261,3 +340,69 @@ def select_layers(
         front=result.front,
         stats=stats,
     )
+
+
+def build_problem(
+    normalized: np.ndarray, names, budget: Any, *, scores: Any = None, exact_budget: bool | None = None,
+    costs: Any = None, required: Any = None, required_in_budget: bool = True, forbidden: Any = None,
+    allowed: Any = None, min_coverage: Any = None, previous: Any = None, churn_penalty: float = 0.0,
+    coupling: str = "spread",
+) -> SelectionProblem:
+    """The :class:`SelectionProblem` of :func:`select_layers`'s arguments, every one checked.
+
+    Raises:
+        ValueError: the constraints cannot be met (no plan keeps all of them); the message says why.
+    """
+    K, L = normalized.shape  # noqa: N806
+    check_choice("coupling", coupling, COUPLINGS)
+    if not isinstance(required_in_budget, (bool, np.bool_)):
+        raise TypeError(f"required_in_budget must be True or False, got {describe(required_in_budget)}.")
+    cost = as_costs(costs, scores, L)
+    if forbidden is not None and allowed is not None:
+        raise ValueError("pass forbidden= or allowed=, not both (allowed is the complement of forbidden).")
+    req = as_cells("required", required, K, L, names)
+    ok = as_cells("allowed", allowed, K, L, names)
+    banned = as_cells("forbidden", forbidden, K, L, names)
+    if banned is not None:
+        ok = ~banned
+    coverage = as_coverage(min_coverage, K, L, names)
+    prev = as_previous(previous, K, L)
+    churn = check_positive_float("churn_penalty", churn_penalty, allow_zero=True)
+    if churn > 0 and prev is None:
+        raise ValueError(f"churn_penalty={churn:g} prices changes against previous=, but previous is None.")
+    if req is not None and ok is not None and np.any(req & ~ok):
+        check_feasible(np.zeros(K, np.int64), True, None, None, req, ok, None, names)
+    if cost is None:
+        if exact_budget is None:
+            exact_budget = True
+        budgets = as_budgets(budget, K, L)
+        if req is not None and not required_in_budget:
+            budgets = budgets + req.sum(axis=1)
+            over = np.flatnonzero(budgets > L)
+            if over.size:
+                k = int(over[0])
+                raise ValueError(
+                    f"client {k}: budget {int(budgets[k] - req[k].sum())} plus {int(req[k].sum())} required "
+                    f"layers exceeds L={L}."
+                )
+        capacities = None
+        check_feasible(budgets, bool(exact_budget), None, None, req, ok, coverage, names)
+    else:
+        if exact_budget:
+            raise ValueError(
+                "with costs the budget is a capacity that a client fills at most; exact_budget=True does not "
+                "apply (leave it None)."
+            )
+        exact_budget = False
+        capacities = as_capacities(budget, K)
+        if req is not None and not required_in_budget:
+            capacities = capacities + req @ cost
+        budgets = np.full(K, L, dtype=np.int64)
+        check_feasible(budgets, False, cost, capacities, req, ok, coverage, names)
+    selection = SelectionProblem(
+        normalized, budgets, bool(exact_budget), names, costs=cost, capacities=capacities, required=req,
+        allowed=ok, min_coverage=coverage, previous=prev, churn_penalty=churn, coupling=coupling,
+    )
+    if coverage is not None and coverage.any():
+        anchor_plan(selection)  # raises a ValueError that says why when no plan meets the constraints
+    return selection

@@ -44,7 +44,7 @@ from scipy.optimize import linprog
 
 from f3ocus.selection.problem import SelectionProblem
 
-__all__ = ["exact_front", "exact_optimum", "lexicographic_extremes", "top_b_plan"]
+__all__ = ["exact_front", "exact_optimum", "lexicographic_extremes", "solve_exact", "top_b_plan"]
 
 _TOL = 1e-9
 
@@ -151,7 +151,7 @@ def _flow(
 
 
 def _window(problem: SelectionProblem, tradeoff: float, nbar: float) -> tuple[np.ndarray, np.ndarray]:
-    spread = float(problem.scores.max() - problem.scores.min())
+    spread = float(problem.linear.max() - problem.linear.min())
     radius = 1.0 + problem.L * spread / (2.0 * tradeoff) + 1e-6
     lo = max(0, math.ceil(nbar - radius))
     hi = min(problem.K, math.floor(nbar + radius))
@@ -162,21 +162,45 @@ def _marginal(tradeoff: float, L: int, center: float):  # noqa: N803
     return lambda j: (tradeoff / L) * (2.0 * j + 1.0 - 2.0 * center)
 
 
+def _arc_bounds(problem: SelectionProblem):
+    """Count range of each layer and bounds of the client-layer arcs (required, allowed)."""
+    lo = np.maximum(problem.coverage, problem.required_mask.sum(axis=0)).astype(np.int64)
+    hi = problem.allowed_mask.sum(axis=0).astype(np.int64)
+    return lo, np.maximum(hi, lo), problem.required, problem.allowed
+
+
+def _offset(problem: SelectionProblem) -> float:
+    """``benefit - sum(linear * m)``: the constant of the churn term, ``-lambda * sum(previous)``."""
+    if problem.linear is problem.scores or problem.previous is None:
+        return 0.0
+    return -problem.churn_penalty * float(problem.previous.sum())
+
+
 def _solve_fixed_total(problem: SelectionProblem, tradeoff: float, total: int) -> np.ndarray | None:
     nbar = total / problem.L
-    lo, hi = _window(problem, tradeoff, nbar)
     row_exact = np.full(problem.K, problem.exact_budget)
+    if problem.plain or (problem.required is None and problem.allowed is None and problem.min_coverage is None):
+        lo, hi = _window(problem, tradeoff, nbar) if tradeoff > 0 else (np.zeros(problem.L, np.int64),
+                                                                         np.full(problem.L, problem.K, np.int64))
+        x_lb = x_ub = None
+    else:  # the window argument needs free moves between layers: use every count
+        lo, hi, x_lb, x_ub = _arc_bounds(problem)
     return _flow(
-        problem.scores, problem.budgets, row_exact, lo, hi, _marginal(tradeoff, problem.L, nbar),
-        total=None if problem.exact_budget else total,
+        problem.linear, problem.budgets, row_exact, lo, hi, _marginal(tradeoff, problem.L, nbar),
+        total=None if problem.exact_budget else total, x_lb=x_lb, x_ub=x_ub,
     )
 
 
 def _importance_bound(problem: SelectionProblem) -> np.ndarray:
-    """``bound[T]``: the largest importance of any plan with at most ``b_k`` per row and ``T`` ones."""
-    top = -np.sort(-problem.scores, axis=1)
+    """``bound[T]``: the largest benefit (less its constant) of any plan with at most ``b_k`` allowed cells
+    per row and ``T`` ones (``-inf`` past the largest such ``T``)."""
+    w = problem.linear if problem.allowed is None else np.where(problem.allowed, problem.linear, -np.inf)
+    top = -np.sort(-w, axis=1)
     chosen = np.concatenate([top[k, : problem.budgets[k]] for k in range(problem.K)])
-    return np.concatenate([[0.0], np.cumsum(-np.sort(-chosen))])
+    chosen = chosen[np.isfinite(chosen)]
+    bound = np.concatenate([[0.0], np.cumsum(-np.sort(-chosen))])
+    t_max = int(problem.budgets.sum())
+    return np.concatenate([bound, np.full(t_max + 1 - bound.size, -np.inf)])[: t_max + 1]
 
 
 def exact_optimum(problem: SelectionProblem, tradeoff: float) -> np.ndarray:
@@ -197,16 +221,40 @@ def exact_optimum(problem: SelectionProblem, tradeoff: float) -> np.ndarray:
         >>> exact_optimum(p, 1.0).astype(int).tolist()  # balanced: 0.4 + 0.7 - 0 > 1.3 - 1.0 * 1
         [[0, 1], [1, 0]]
     """
+    return solve_exact(problem, tradeoff)[0]
+
+
+def solve_exact(problem: SelectionProblem, tradeoff: float) -> tuple[np.ndarray, dict]:
+    """:func:`exact_optimum` with how it was solved: ``(plan, info)``.
+
+    ``info["method"]`` is ``"flow"`` (a totally unimodular LP: counts, required, forbidden, coverage,
+    churn) or ``"mip"`` (costs or the ``"agree"`` coupling, :mod:`f3ocus.selection.mip`), with the proven
+    ``bound`` and its ``gap`` for the MIP.
+
+    Raises:
+        ValueError: no plan meets the constraints.
+    """
     tradeoff = float(tradeoff)
     if tradeoff < 0 or not math.isfinite(tradeoff):
         raise ValueError(f"tradeoff must be a finite number >= 0, got {tradeoff!r}.")
-    if tradeoff == 0.0:
-        return top_b_plan(problem) if problem.exact_budget else top_b_plan(problem) & (problem.scores > 0)
+    if not problem.flow_applies:
+        from f3ocus.selection.mip import mip_optimum
+
+        res = mip_optimum(problem, tradeoff)
+        info = {"method": "mip", "bound": res.bound, "gap": res.gap, "rounds": res.rounds, "status": res.status}
+        return res.plan, info
+    info = {"method": "flow"}
+    if tradeoff == 0.0 and problem.plain:
+        plan = top_b_plan(problem)
+        return (plan if problem.exact_budget else plan & (problem.scores > 0)), info
     if problem.exact_budget:
         plan = _solve_fixed_total(problem, tradeoff, int(problem.budgets.sum()))
-        assert plan is not None  # exact budgets are always feasible
-        return plan
-    return _at_most_optimum(problem, tradeoff)
+        if plan is None:
+            from f3ocus.selection.mip import _infeasible
+
+            raise _infeasible(problem)
+        return plan, info
+    return _at_most_optimum(problem, tradeoff), info
 
 
 def _at_most_optimum(problem: SelectionProblem, tradeoff: float) -> np.ndarray:
@@ -227,24 +275,39 @@ def _at_most_optimum(problem: SelectionProblem, tradeoff: float) -> np.ndarray:
     best, best_value = np.zeros((K, L), dtype=bool), 0.0
     row_exact = np.zeros(K, dtype=bool)
     lo, hi = np.zeros(L, np.int64), np.full(L, K, np.int64)
+    x_lb = x_ub = None
+    offset = _offset(problem)
+    if not problem.plain:
+        lo, hi, x_lb, x_ub = _arc_bounds(problem)
+        t_lo = max(int(lo.sum()), int(problem.required_mask.sum()))
+        upper[: t_lo + 1] = np.where(np.arange(t_lo + 1) < t_lo, -np.inf, upper[: t_lo + 1])
+        if t_lo > 0:  # the empty plan is not feasible
+            best, best_value = None, -np.inf
 
     def unit_cost(j):
         return (tradeoff / L) * (2.0 * j + 1.0)
 
     while True:
-        slack = 1e-9 * max(1.0, abs(best_value))
+        slack = 1e-9 * max(1.0, abs(best_value)) if math.isfinite(best_value) else 0.0
         candidates = np.flatnonzero(upper > best_value + slack)
         if candidates.size == 0:
+            if best is None:
+                from f3ocus.selection.mip import _infeasible
+
+                raise _infeasible(problem)
             return best
         total = int(candidates[np.argmax(upper[candidates])])
-        plan, mu = _flow(problem.scores, problem.budgets, row_exact, lo, hi, unit_cost, total=total, duals=True)
+        plan, mu = _flow(
+            problem.linear, problem.budgets, row_exact, lo, hi, unit_cost, total=total, duals=True,
+            x_lb=x_lb, x_ub=x_ub,
+        )
         upper[total] = -np.inf
         if plan is None:
             continue
-        value = float(problem.scalarized(plan, tradeoff))
+        value = float(problem.scalarized(plan, tradeoff)) - offset
         if value > best_value:
             best, best_value = plan, value
-        h_total = float(problem.importance(plan)) - (tradeoff / L) * float((plan.sum(axis=0) ** 2).sum())
+        h_total = float(problem.benefit(plan)) - offset - (tradeoff / L) * float((plan.sum(axis=0) ** 2).sum())
         cut = h_total - mu * (totals - total) + tradeoff * totals**2 / L**2
         upper = np.minimum(upper, cut + 1e-9 * max(1.0, abs(h_total)))
 
@@ -258,6 +321,8 @@ def lexicographic_extremes(problem: SelectionProblem) -> tuple[np.ndarray, np.nd
     $b_k \\le L$, by the Gale-Ryser theorem); with at most $b_k$ it is $0$, reached by equal counts $c$ for
     every layer, and the best $c$ is enumerated.
     """
+    if not problem.plain:
+        return _extremes_by_weights(problem)
     K, L, S, b = problem.K, problem.L, problem.scores, problem.budgets  # noqa: N806
     theta = -np.sort(-S, axis=1)[np.arange(K), b - 1]
     above, tie = S > theta[:, None], S == theta[:, None]
@@ -295,6 +360,21 @@ def lexicographic_extremes(problem: SelectionProblem) -> tuple[np.ndarray, np.nd
                 min_diversity, best_imp = plan, float(problem.importance(plan))
     assert min_diversity is not None
     return max_importance, min_diversity
+
+
+def _extremes_by_weights(problem: SelectionProblem) -> tuple[np.ndarray, np.ndarray]:
+    r"""Both ends of the front under constraints, as optima at a tiny and a huge tradeoff.
+
+    Diversity changes in steps of at least $1/L^2$ (``"spread"``: $L^2 D$ is an integer; ``"agree"``: $L D$
+    is), so at $t_{\max} = 2 L^2 W + 1$ with $W$ the largest benefit range, diversity decides first and the
+    benefit only breaks its ties. The max-benefit end is the optimum at $t_{\min} = 10^{-9} W / K^2$,
+    which breaks the ties of the benefit by diversity unless two benefits differ by less than that.
+    """
+    w = np.abs(problem.linear)
+    width = float(np.sort(w, axis=1)[:, ::-1][:, : problem.L].sum()) + 1e-12
+    a = exact_optimum(problem, 1e-9 * width / max(problem.K, 1) ** 2)
+    b = exact_optimum(problem, 2.0 * problem.L**2 * width + 1.0)
+    return a, b
 
 
 def exact_front(problem: SelectionProblem, *, max_points: int = 10_000) -> np.ndarray:

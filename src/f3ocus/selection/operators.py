@@ -7,8 +7,9 @@ the pymoo operators :class:`BudgetSampling`, :class:`BudgetCrossover`, :class:`B
 :class:`BudgetRepair` wrap them for the binary encoding of
 :class:`~f3ocus.selection.problem.SelectionPymooProblem`.
 
-All of them rest on one primitive: keep, in every row, the $b_k$ entries with the largest random keys,
-after lifting the keys of the entries that must survive above all others.
+All of them rest on one primitive, :func:`f3ocus.selection.plans.fill`: keep, in every row, the entries
+with the largest random keys that the row's budget admits, after lifting the keys of the entries that
+must survive above all others; required, forbidden, capacity and coverage constraints are kept there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pymoo.core.mutation import Mutation
 from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
 
+from f3ocus.selection.gains import add_gains, remove_losses
+from f3ocus.selection.plans import random_plan, repair, top_b
 from f3ocus.selection.problem import SelectionProblem
 
 __all__ = [
@@ -35,67 +38,6 @@ __all__ = [
 ]
 
 
-def top_b(keys: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Mask of the ``b[k]`` largest keys in each row ``k`` (ties broken by the lower column index).
-
-    Args:
-        keys: ``(..., K, L)`` real keys.
-        b: ``(K,)`` (or broadcastable to ``(..., K)``) integer counts in ``[0, L]``.
-
-    Returns:
-        bool array shaped like ``keys``.
-    """
-    order = np.argsort(-keys, axis=-1, kind="stable")
-    ranks = np.empty_like(order)
-    L = keys.shape[-1]  # noqa: N806
-    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(L), keys.shape), axis=-1)
-    return ranks < np.asarray(b)[..., None]
-
-
-def random_plan(problem: SelectionProblem, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
-    r"""Uniformly random feasible plan(s).
-
-    With exact budgets each row is a uniform $b_k$-subset of the layers. With ``exact_budget=False``
-    the row count is first drawn uniformly from $\{0, \dots, b_k\}$.
-
-    Args:
-        problem: budgets and mode.
-        rng: the generator (the only source of randomness).
-        n: number of plans; ``None`` returns one ``(K, L)`` plan, else ``(n, K, L)``.
-    """
-    size = 1 if n is None else int(n)
-    keys = rng.random((size, problem.K, problem.L))
-    if problem.exact_budget:
-        b = np.broadcast_to(problem.budgets, (size, problem.K))
-    else:
-        b = rng.integers(0, problem.budgets + 1, size=(size, problem.K))
-    masks = top_b(keys, b)
-    return masks[0] if n is None else masks
-
-
-def repair(masks: np.ndarray, problem: SelectionProblem, rng: np.random.Generator) -> np.ndarray:
-    """Make every row feasible with as few changes as possible.
-
-    A row with more than ``b_k`` ones keeps ``b_k`` of them, chosen uniformly at random. With exact
-    budgets a row with fewer ones keeps all of them and gains uniformly random untrained layers. Rows
-    that are already feasible are returned unchanged.
-
-    Args:
-        masks: ``(K, L)`` or ``(P, K, L)`` plans (any truthy dtype).
-        problem: budgets and mode.
-        rng: the generator.
-
-    Returns:
-        bool plans of the same shape, all feasible.
-    """
-    masks = np.asarray(masks).astype(bool)
-    keys = rng.random(masks.shape) + masks  # ones sort above zeros
-    kept = top_b(keys, problem.budgets)
-    if not problem.exact_budget:
-        kept &= masks
-    return kept
-
-
 def neighbor(mask: np.ndarray, problem: SelectionProblem, rng: np.random.Generator) -> np.ndarray:
     """One budget-keeping move from ``mask`` (a ``(K, L)`` plan): a new array, the input is untouched.
 
@@ -105,6 +47,15 @@ def neighbor(mask: np.ndarray, problem: SelectionProblem, rng: np.random.Generat
     A plan with no possible move (every ``b_k = L`` with exact budgets) is returned as a copy.
     """
     mask = np.array(mask, dtype=bool, copy=True)
+    if not problem.plain:  # the constraint-aware moves of the move-based solvers
+        from f3ocus.selection.solvers._moves import apply_moves, draw_out_slots, move_gains, uniform_targets
+
+        masks, counts = mask[None], mask.sum(axis=0, dtype=np.int64)[None]
+        k = np.array([rng.integers(problem.K)])
+        a = draw_out_slots(problem, masks, k, rng)
+        c = uniform_targets(move_gains(problem, 0.0, masks, counts, k, a), a, rng)
+        apply_moves(masks, counts, k, a, c)
+        return masks[0]
     count = mask.sum(axis=1)
     can_swap = (count > 0) & (count < problem.L)
     if problem.exact_budget:
@@ -202,6 +153,8 @@ class BudgetCrossover(Crossover):
         flip_b = only_b & (idx_b < paired) & np.take_along_axis(coin, np.clip(idx_b, 0, None), axis=-1)
         child1 = (a & ~flip_a) | flip_b
         child2 = (b & ~flip_b) | flip_a
+        if not sel.plain:  # capacities and coverage are not kept by the row-wise exchange of layers
+            child1, child2 = repair(child1, sel, random_state), repair(child2, sel, random_state)
         return np.stack([_flat(child1), _flat(child2)])
 
 
@@ -245,27 +198,39 @@ class BudgetMutation(Mutation):
         rows = masks[p_idx, k_idx]  # (H, L) the rows to move
         count = rows.sum(axis=-1)
         s = self.guided
-        on = np.where(rows[:, None], random_state.random((rows.shape[0], s, sel.L)), -1.0).argmax(axis=-1)
-        off = np.where(~rows[:, None], random_state.random((rows.shape[0], s, sel.L)), -1.0).argmax(axis=-1)
+        movable, free = rows, ~rows
+        if not sel.plain:  # required cells never leave, forbidden cells never enter
+            movable = rows & ~sel.required_mask[k_idx]
+            free = ~rows & sel.allowed_mask[k_idx]
+        on = np.where(movable[:, None], random_state.random((rows.shape[0], s, sel.L)), -1.0).argmax(axis=-1)
+        off = np.where(free[:, None], random_state.random((rows.shape[0], s, sel.L)), -1.0).argmax(axis=-1)
         if s > 1:
-            n_l = masks.sum(axis=1)[p_idx]  # (H, L) counts of each row's plan
-            gain_imp = sel.scores[k_idx[:, None], off] - sel.scores[k_idx[:, None], on]
-            crowd = np.take_along_axis(n_l, off, axis=-1) - np.take_along_axis(n_l, on, axis=-1) + 1
+            n_l = masks.sum(axis=1)[p_idx].astype(np.float64)  # (H, L) counts of each row's plan
+            w = sel.linear[k_idx]
+            n_off, n_on = np.take_along_axis(n_l, off, axis=-1), np.take_along_axis(n_l, on, axis=-1)
+            w_off, w_on = np.take_along_axis(w, off, axis=-1), np.take_along_axis(w, on, axis=-1)
+
+            def swap_gain(t):  # the closed-form gain of the swap on -> off at tradeoff t
+                return add_gains(sel, t, w_off, n_off) - remove_losses(sel, t, w_on, n_on)
+
             tradeoff = getattr(problem, "tradeoff", None)
             target = getattr(problem, "target_tradeoff", None)
             if tradeoff is not None:
-                gain = gain_imp - (2.0 * tradeoff / sel.L) * crowd
+                gain = swap_gain(tradeoff)
             else:
                 # importance, diversity (and the target scalarization, when known) with equal odds
                 kind = random_state.integers(2 if target is None else 3, size=rows.shape[0])[:, None]
-                gain = np.where(kind == 0, gain_imp, -crowd.astype(np.float64))
+                gain = np.where(kind == 0, w_off - w_on, swap_gain(1.0) - (w_off - w_on))
                 if target is not None:
-                    gain = np.where(kind == 2, gain_imp - (2.0 * target / sel.L) * crowd, gain)
+                    gain = np.where(kind == 2, swap_gain(target), gain)
             pick = gain.argmax(axis=-1)
             on, off = on[np.arange(on.shape[0]), pick], off[np.arange(off.shape[0]), pick]
         else:
             on, off = on[:, 0], off[:, 0]
         can_swap = (count > 0) & (count < sel.L)
+        if not sel.plain:
+            no_on, no_off = ~movable.any(axis=-1), ~free.any(axis=-1)
+            can_swap = ~no_on & ~no_off
         if sel.exact_budget:
             drop = add = can_swap
         else:
@@ -281,8 +246,14 @@ class BudgetMutation(Mutation):
             only_add |= rest & ~can_swap & can_add
             only_drop |= rest & ~can_swap & ~can_add & can_drop
             drop, add = swap | only_drop, swap | only_add
+        if not sel.plain:
+            drop, add = drop & ~no_on, add & ~no_off
+            if sel.exact_budget:
+                drop = add = drop & add
         masks[p_idx[drop], k_idx[drop], on[drop]] = False
         masks[p_idx[add], k_idx[add], off[add]] = True
+        if not sel.plain:  # capacities and coverage
+            masks = repair(masks, sel, random_state)
         return _flat(masks)
 
 

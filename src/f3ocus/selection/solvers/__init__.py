@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -87,6 +88,7 @@ class SolverSpec:
         kind: ``"pymoo"`` or ``"direct"``.
         encoding: ``"binary"`` or ``"keys"`` (pymoo solvers only).
         meta: free-form metadata given at registration (shown in reports).
+        options: the option names the solver accepts (``None``: not declared, anything passes).
     """
 
     name: str
@@ -95,6 +97,36 @@ class SolverSpec:
     kind: str = "pymoo"
     encoding: str = "binary"
     meta: Mapping[str, Any] = field(default_factory=dict)
+    options: frozenset[str] | None = None
+
+    @property
+    def option_names(self) -> frozenset[str] | None:
+        """Options ``select_layers`` accepts for this solver (``termination`` and ``polish`` for pymoo ones)."""
+        if self.options is None:
+            return None
+        return self.options | ({"termination", "polish"} if self.kind == "pymoo" else frozenset())
+
+
+#: Parameters a solver receives from ``select_layers`` itself, never as user options.
+_INTERNAL = {"problem", "selection", "tradeoff", "rng", "self", "output", "sampling", "kwargs", "options"}
+
+
+def _declared_options(factory: Callable[..., Any], options: Any) -> frozenset[str] | None:
+    """Option names from ``options`` (a class, a callable or names) or, by default, the factory's signature.
+
+    A signature with ``**kwargs`` and nothing declared means "not declared" (``None``).
+    """
+    if options is not None and not callable(options):
+        return frozenset(str(o) for o in options)
+    target = factory if options is None else options
+    target = target.__init__ if isinstance(target, type) else target
+    params = list(inspect.signature(target).parameters.values())
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - _INTERNAL
+    if options is None and any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    if params and options is None and params[0].kind == params[0].POSITIONAL_OR_KEYWORD:
+        names.discard(params[0].name)  # the problem argument, whatever its name
+    return frozenset(names)
 
 
 @dataclass
@@ -127,7 +159,7 @@ def _check_name(name: Any) -> str:
 
 
 def register_solver(
-    name: str, *, multi_objective: bool = False, encoding: str = "binary", **meta: Any
+    name: str, *, multi_objective: bool = False, encoding: str = "binary", options: Any = None, **meta: Any
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a pymoo algorithm factory under ``name`` (a decorator).
 
@@ -138,6 +170,9 @@ def register_solver(
             two-objective problem and the plan is picked from its final non-dominated set.
         encoding: ``"binary"`` (``x`` is the flattened plan) or ``"keys"`` (continuous random keys, one
             per client and layer); see :class:`~f3ocus.selection.problem.SelectionPymooProblem`.
+        options: the options users may pass: ``None`` reads them from the factory's signature (a factory
+            with ``**kwargs`` then accepts anything), a class reads its ``__init__``, or a list of names.
+            ``select_layers`` raises a ``TypeError`` with a did-you-mean for any other option.
         **meta: free-form metadata stored on the :class:`SolverSpec`.
 
     Returns:
@@ -152,8 +187,9 @@ def register_solver(
     def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(factory):
             raise TypeError(f"register_solver({name!r}) decorates a callable factory, got {factory!r}.")
+        declared = _declared_options(factory, options)
         _REGISTRY[name] = SolverSpec(
-            name, factory, bool(multi_objective), "pymoo", encoding, MappingProxyType(dict(meta))
+            name, factory, bool(multi_objective), "pymoo", encoding, MappingProxyType(dict(meta)), declared
         )
         return factory
 
@@ -168,7 +204,8 @@ def _register_direct(
 
     def decorator(solve: Callable[..., SolverOutput]) -> Callable[..., SolverOutput]:
         _REGISTRY[name] = SolverSpec(
-            name, solve, bool(multi_objective), "direct", "binary", MappingProxyType(dict(meta))
+            name, solve, bool(multi_objective), "direct", "binary", MappingProxyType(dict(meta)),
+            _declared_options(solve, None),
         )
         return solve
 

@@ -5,24 +5,11 @@ layer $0 \le l < L$ or, with ``exact_budget=False``, the *empty slot* $L$ (an un
 $a < L, c < L$ is a swap, $a = L$ adds layer $c$, $c = L$ drops layer $a$; $a = c$ is "stay". Every move
 keeps the row feasible.
 
-With layer counts $n_l$, $N = \sum_l n_l$ and diversity
-$D = \frac{1}{L}\sum_l n_l^2 - (N/L)^2$, the change of $f = \text{importance} - t\cdot D$ is, in closed
-form (no re-evaluation of the plan):
-
-$$
-\Delta f(a \to c) = \text{in}_c - \text{out}_a + t\,\frac{(N + \Delta N)^2 - N^2}{L^2},
-\quad
-\text{in}_c = S_{kc} - t\,\frac{2 n_c + 1}{L},\quad \text{out}_a = S_{ka} + t\,\frac{1 - 2 n_a}{L},
-$$
-
-with $\text{in}_L = \text{out}_L = 0$ and $\Delta N = [c < L] - [a < L]$. For a swap this is
-$S_{kc} - S_{ka} - \frac{2t}{L}(n_c - n_a + 1)$.
-
-An *exchange* between clients $k_1, k_2$ moves $k_1$ from $a$ to $c$ and $k_2$ from $c$ to $a$
-($a \in R_1 \setminus R_2$, $c \in R_2 \setminus R_1$ with $R_i$ the trained layers): the counts do not
-change, so $\Delta f = (S_{k_1 c} - S_{k_2 c}) - (S_{k_1 a} - S_{k_2 a})$ and the best exchange of a pair
-separates into one maximum over $c$ and one over $a$. Exchanges reach the plans that single moves cannot
-improve on because each half alone pays the diversity cost $2t/L$.
+The gain of a move and of an exchange between two clients (client $k_1$ gives $a$ and takes $c$,
+client $k_2$ the opposite) come in closed form from :mod:`f3ocus.selection.gains`, so no plan is
+re-evaluated. Exchanges keep the counts and reach the plans that single moves cannot improve on
+because each half alone pays the diversity cost. Moves and exchanges that would break a constraint
+(a forbidden target, a required source, a capacity, a coverage) score ``-inf``.
 
 :func:`polish` is steepest ascent over both neighborhoods (the local improvement pass some solvers
 run on their final plan). Every gain here is tested against a full re-evaluation in float64.
@@ -32,12 +19,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from f3ocus.selection.gains import add_gains, exchange_gain, remove_losses, total_term
 from f3ocus.selection.problem import SelectionProblem, SelectionPymooProblem
 
 __all__ = [
     "apply_moves",
     "draw_out_slots",
     "move_gains",
+    "pair_exchanges",
     "polish",
     "require_tradeoff",
     "uniform_targets",
@@ -78,30 +67,41 @@ def move_gains(
         a: ``(P,)`` source slot of each plan's move (a trained layer of row ``k``, or ``L``).
 
     Returns:
-        ``(P, L + 1)`` gains; ``0`` at $c = a$ (stay) and ``-inf`` at targets the row does not allow
-        (a layer it already trains, the empty slot with exact budgets).
+        ``(P, L + 1)`` gains (:mod:`f3ocus.selection.gains`); ``0`` at $c = a$ (stay) and ``-inf`` at
+        targets the row does not allow: a layer it already trains or may not train, the empty slot with
+        exact budgets, a target over the client's capacity, and every target but "stay" when $a$ is
+        required or its layer would fall below its coverage.
     """
     P, L = counts.shape  # noqa: N806
     rows = np.arange(P)
     n = counts.astype(np.float64)
     N = n.sum(axis=1)  # noqa: N806
     t = float(tradeoff)
-    scores = sel.scores[k]  # (P, L)
+    w = sel.linear[k]  # (P, L)
     real_a = a < L
     a_l = np.where(real_a, a, 0)
-    out_a = np.where(real_a, scores[rows, a_l] + t * (1.0 - 2.0 * n[rows, a_l]) / L, 0.0)
+    out_a = np.where(real_a, remove_losses(sel, t, w[rows, a_l], n[rows, a_l]), 0.0)
     gains = np.empty((P, L + 1))
     # a real layer as target: N changes by +1 when the source is the empty slot
     dn = np.where(real_a, 0.0, 1.0)
-    gains[:, :L] = (scores - t * (2.0 * n + 1.0) / L) - out_a[:, None]
-    gains[:, :L] += (t * ((N + dn) ** 2 - N**2) / L**2)[:, None]
+    gains[:, :L] = add_gains(sel, t, w, n) - out_a[:, None]
+    gains[:, :L] += total_term(sel, t, N, dn)[:, None]
     # the empty slot as target: a drop (N - 1), or stay when the source is the empty slot too
-    gains[:, L] = np.where(real_a, -out_a + t * ((N - 1.0) ** 2 - N**2) / L**2, 0.0)
+    gains[:, L] = np.where(real_a, -out_a + total_term(sel, t, N, -1.0), 0.0)
     trained = masks[rows, k]
     gains[:, :L][trained] = -np.inf
+    if not sel.plain:
+        gains[:, :L][~sel.allowed_mask[k]] = -np.inf
+        if sel.costs is not None:
+            load = trained.astype(np.float64) @ sel.costs - np.where(real_a, sel.costs[a_l], 0.0)
+            over = load[:, None] + sel.costs[None] > sel.capacities[k][:, None] * (1 + 1e-12) + 1e-9
+            gains[:, :L][over] = -np.inf
+        stuck = real_a & (sel.required_mask[k, a_l] | (counts[rows, a_l] <= sel.coverage[a_l]))
+        gains[stuck] = -np.inf
     gains[rows[real_a], a[real_a]] = 0.0
     if sel.exact_budget:
-        gains[:, L] = -np.inf
+        gains[:, L] = np.where(real_a, -np.inf, gains[:, L])
+        gains[rows[~real_a], L] = 0.0
     return gains
 
 
@@ -110,16 +110,27 @@ def draw_out_slots(
 ) -> np.ndarray:
     """A uniformly random budget unit of row ``k`` in each plan: a trained layer, or ``L`` for an unused unit.
 
-    With exact budgets every unit is a trained layer. Returns ``(P,)`` slots.
+    With exact budgets every unit is a trained layer. Required cells are not drawn (a row with nothing
+    but required cells draws one of them, which can only stay). Returns ``(P,)`` slots.
     """
     P, _, L = masks.shape  # noqa: N806
     rows = np.arange(P)
     trained = masks[rows, k]
-    used = trained.sum(axis=1)
-    unit = (rng.random(P) * sel.budgets[k]).astype(np.int64)  # uniform over the b_k units
-    keys = np.where(trained, rng.random((P, L)), -1.0)
-    layer = keys.argmax(axis=1)
-    return np.where(unit < used, layer, L)
+    if sel.plain:
+        used = trained.sum(axis=1)
+        unit = (rng.random(P) * sel.budgets[k]).astype(np.int64)  # uniform over the b_k units
+        keys = np.where(trained, rng.random((P, L)), -1.0)
+        layer = keys.argmax(axis=1)
+        return np.where(unit < used, layer, L)
+    fixed = sel.required_mask[k]
+    movable = trained & ~fixed
+    used, units = movable.sum(axis=1), sel.budgets[k] - fixed.sum(axis=1)
+    unit = (rng.random(P) * np.maximum(units, 1)).astype(np.int64)
+    layer = np.where(movable, rng.random((P, L)), -1.0).argmax(axis=1)
+    slot = np.where(unit < used, layer, L)
+    stay = np.where(trained, 1.0, -1.0).argmax(axis=1)  # nothing to move: a required layer stays
+    empty = (units <= used) if sel.exact_budget else np.zeros(P, dtype=bool)
+    return np.where((used == 0) & (empty | (units <= 0)), stay, slot)
 
 
 def uniform_targets(gains: np.ndarray, a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -145,22 +156,28 @@ def apply_moves(masks: np.ndarray, counts: np.ndarray, k: np.ndarray, a: np.ndar
 
 def _best_single_moves(sel: SelectionProblem, t: float, masks: np.ndarray, counts: np.ndarray):
     """Best move of every plan: (gain, client, source slot, target slot), each ``(P,)``."""
+    if sel.costs is not None:
+        return _best_single_moves_costs(sel, t, masks, counts)
     P, K, L = masks.shape  # noqa: N806
     n = counts.astype(np.float64)[:, None, :]
     N = n.sum(axis=2)  # noqa: N806  (P, 1)
-    s = sel.scores[None]
-    inn = np.where(masks, -np.inf, s - t * (2.0 * n + 1.0) / L)  # (P, K, L)
-    out = np.where(masks, s + t * (1.0 - 2.0 * n) / L, np.inf)
+    w = sel.linear[None]
+    inn = np.where(masks, -np.inf, add_gains(sel, t, w, n))  # (P, K, L)
+    out = np.where(masks, remove_losses(sel, t, w, n), np.inf)
+    if not sel.plain:
+        inn = np.where(sel.allowed_mask[None], inn, -np.inf)
+        out = np.where(sel.required_mask[None] | (counts[:, None, :] <= sel.coverage), np.inf, out)
     c, a = inn.argmax(axis=2), out.argmin(axis=2)
     best_in = np.take_along_axis(inn, c[..., None], 2)[..., 0]
     best_out = np.take_along_axis(out, a[..., None], 2)[..., 0]
     options = [(best_in - best_out, a, c)]
     if not sel.exact_budget:
         room = masks.sum(axis=2) < sel.budgets[None]
-        add = np.where(room, best_in + t * (2.0 * N + 1.0) / L**2, -np.inf)
-        drop = -best_out + t * (1.0 - 2.0 * N) / L**2
+        add = np.where(room, best_in + total_term(sel, t, N, 1.0), -np.inf)
+        drop = -best_out + total_term(sel, t, N, -1.0)
         options += [(add, np.full_like(a, L), c), (drop, a, np.full_like(c, L))]
     gain = np.stack([g for g, _, _ in options])  # (M, P, K)
+    gain = np.where(np.isnan(gain), -np.inf, gain)
     which = gain.reshape(len(options), P * K).argmax(axis=0).reshape(P, K)
     g = np.take_along_axis(gain, which[None], 0)[0]
     src = np.choose(which, [o[1] for o in options])
@@ -170,19 +187,80 @@ def _best_single_moves(sel: SelectionProblem, t: float, masks: np.ndarray, count
     return g[rows, kk], kk, src[rows, kk], dst[rows, kk]
 
 
-def _exchange_rows(scores: np.ndarray, mask: np.ndarray, rows: np.ndarray):
+def _best_single_moves_costs(sel: SelectionProblem, t: float, masks: np.ndarray, counts: np.ndarray):
+    """:func:`_best_single_moves` with capacities: every (source, target) pair of every row is scored."""
+    P, K, L = masks.shape  # noqa: N806
+    n = counts.astype(np.float64)[:, None, :]
+    N = n.sum(axis=2)[..., None]  # noqa: N806  (P, 1, 1)
+    w = sel.linear[None]
+    inn = np.concatenate([add_gains(sel, t, w, n) + np.zeros((P, K, L)), np.zeros((P, K, 1))], axis=2)
+    out = np.concatenate([remove_losses(sel, t, w, n) + np.zeros((P, K, L)), np.zeros((P, K, 1))], axis=2)
+    free = np.concatenate([~masks & sel.allowed_mask, np.ones((P, K, 1), bool)], axis=2)
+    fixed = sel.required_mask[None] | (counts[:, None, :] <= sel.coverage)
+    movable = np.concatenate([masks & ~fixed, np.ones((P, K, 1), bool)], axis=2)
+    cost = np.concatenate([sel.costs, [0.0]])
+    load = masks.astype(np.float64) @ sel.costs  # (P, K)
+    dn = (np.arange(L + 1) < L).astype(np.float64)
+    gain = inn[:, :, None, :] - out[:, :, :, None]  # (P, K, a, c)
+    gain = gain + total_term(sel, t, N[..., None], dn[None, :] - dn[:, None])
+    ok = movable[:, :, :, None] & free[:, :, None, :]
+    ok &= load[..., None, None] - cost[:, None] + cost[None, :] <= sel.capacities[None, :, None, None] * (1 + 1e-12) + 1e-9
+    ok[:, :, np.arange(L + 1), np.arange(L + 1)] = False
+    ok[:, :, L, :L] &= (masks.sum(axis=2) < sel.budgets[None])[..., None]
+    gain = np.where(ok, gain, -np.inf).reshape(P, -1)
+    best = gain.argmax(axis=1)
+    kk, rest = np.divmod(best, (L + 1) ** 2)
+    src, dst = np.divmod(rest, L + 1)
+    return gain[np.arange(P), best], kk, src, dst
+
+
+def _exchange_core(sel: SelectionProblem, k1, k2, r1: np.ndarray, r2: np.ndarray):
+    """Best exchange between rows ``r1`` (client ``k1``) and ``r2`` (``k2``), broadcast over leading axes.
+
+    Client ``k1`` gives ``a`` and takes ``c`` from ``k2``; returns (gain, a, c), gain ``-inf`` where the
+    rows offer nothing to exchange under the constraints.
+    """
+    w = sel.linear
+    d = exchange_gain(w[k1], w[k2])  # w_{k1 l} - w_{k2 l}
+    into_ok, away_ok = r2 & ~r1, r1 & ~r2  # c in R2 \ R1, a in R1 \ R2
+    if not sel.plain:
+        allowed, req = sel.allowed_mask, sel.required_mask
+        into_ok = into_ok & allowed[k1] & ~req[k2]
+        away_ok = away_ok & allowed[k2] & ~req[k1]
+    into = np.where(into_ok, d, -np.inf)
+    away = np.where(away_ok, -d, -np.inf)
+    if sel.costs is not None:  # both rows must stay within capacity: score every (a, c) pair
+        L = sel.L  # noqa: N806
+        cap = sel.capacities * (1 + 1e-12) + 1e-9
+        load1, load2 = r1.astype(np.float64) @ sel.costs, r2.astype(np.float64) @ sel.costs
+        delta = sel.costs[None, :] - sel.costs[:, None]  # [a, c]: c_c - c_a
+        ok = (load1[..., None, None] + delta <= np.asarray(cap[k1])[..., None, None]) & (
+            load2[..., None, None] - delta <= np.asarray(cap[k2])[..., None, None]
+        )
+        g = np.where(ok, away[..., :, None] + into[..., None, :], -np.inf)
+        g = g.reshape(*g.shape[:-2], L * L)
+        best = g.argmax(axis=-1)
+        a, c = np.divmod(best, L)
+        return np.take_along_axis(g, best[..., None], -1)[..., 0], a, c
+    c, a = into.argmax(axis=-1), away.argmax(axis=-1)
+    g = np.take_along_axis(into, c[..., None], -1)[..., 0] + np.take_along_axis(away, a[..., None], -1)[..., 0]
+    return g, a, c
+
+
+def _exchange_rows(sel: SelectionProblem, mask: np.ndarray, rows: np.ndarray):
     """Best exchange of each client in ``rows`` with every client: (gain, a, c), each ``(len(rows), K)``.
 
     Entry ``[i, j]`` is the best exchange where client ``rows[i]`` gives layer ``a`` and takes ``c`` from
-    client ``j``; ``-inf`` where the two rows offer nothing to exchange.
+    client ``j``; ``-inf`` where the two rows offer nothing to exchange (the constraints included).
     """
-    d = scores[rows, None, :] - scores[None, :, :]  # S_{k1 l} - S_{k2 l}
-    r1, r2 = mask[rows, None, :], mask[None, :, :]
-    into = np.where(r2 & ~r1, d, -np.inf)  # c in R2 \ R1
-    away = np.where(r1 & ~r2, -d, -np.inf)  # a in R1 \ R2
-    c, a = into.argmax(axis=2), away.argmax(axis=2)
-    g = np.take_along_axis(into, c[..., None], 2)[..., 0] + np.take_along_axis(away, a[..., None], 2)[..., 0]
-    return g, a, c
+    k2 = np.arange(sel.K)
+    return _exchange_core(sel, rows[:, None], k2[None, :], mask[rows, None, :], mask[None, :, :])
+
+
+def pair_exchanges(sel: SelectionProblem, masks: np.ndarray, k1: np.ndarray, k2: np.ndarray):
+    """Best exchange between clients ``k1[p]`` and ``k2[p]`` of each plan ``masks[p]``: (gain, a, c), ``(P,)``."""
+    rows = np.arange(len(masks))
+    return _exchange_core(sel, k1, k2, masks[rows, k1], masks[rows, k2])
 
 
 class _ExchangeTable:
@@ -192,20 +270,22 @@ class _ExchangeTable:
     only the rows and columns of the clients it touched are recomputed ($O(KL)$ each).
     """
 
-    def __init__(self, scores: np.ndarray, mask: np.ndarray, chunk: int = 1 << 21) -> None:
+    def __init__(self, sel: SelectionProblem, mask: np.ndarray, chunk: int = 1 << 21) -> None:
         K, L = mask.shape  # noqa: N806
-        self.scores = scores
+        self.sel = sel
+        if sel.costs is not None:
+            L = L * L  # noqa: N806 - every (a, c) pair is scored
         self.gain = np.empty((K, K))
         self.a = np.empty((K, K), dtype=np.int64)
         self.c = np.empty((K, K), dtype=np.int64)
         step = max(1, chunk // (K * L))
         for lo in range(0, K, step):
             rows = np.arange(lo, min(K, lo + step))
-            self.gain[rows], self.a[rows], self.c[rows] = _exchange_rows(scores, mask, rows)
+            self.gain[rows], self.a[rows], self.c[rows] = _exchange_rows(sel, mask, rows)
 
     def update(self, mask: np.ndarray, clients) -> None:
         rows = np.unique(np.asarray(list(clients), dtype=np.int64))
-        g, a, c = _exchange_rows(self.scores, mask, rows)
+        g, a, c = _exchange_rows(self.sel, mask, rows)
         self.gain[rows], self.a[rows], self.c[rows] = g, a, c
         # the pair (j, k) is the pair (k, j) with the roles of a and c swapped
         self.gain[:, rows], self.a[:, rows], self.c[:, rows] = g.T, c.T, a.T
@@ -274,7 +354,7 @@ def polish(
                     done += 1
                     continue
                 if table is None:
-                    table = _ExchangeTable(sel.scores, mp[0])
+                    table = _ExchangeTable(sel, mp[0])
                 elif touched:
                     table.update(mp[0], touched)
                 touched = set()

@@ -41,6 +41,7 @@ from f3ocus.selection.solvers._moves import (
     apply_moves,
     draw_out_slots,
     move_gains,
+    pair_exchanges,
     require_tradeoff,
     uniform_targets,
 )
@@ -193,18 +194,14 @@ class ArtificialBeeColony(Algorithm):
         if ex.size:
             k1 = k[ex]
             k2 = (k1 + rng.integers(1, K, size=ex.size)) % K if K > 1 else k1
-            r1, r2 = masks[ex, k1], masks[ex, k2]
-            d = sel.scores[k1] - sel.scores[k2]
-            into = np.where(r2 & ~r1, d, -np.inf)
-            away = np.where(r1 & ~r2, -d, -np.inf)
-            lc, la = into.argmax(axis=1), away.argmax(axis=1)
-            ok = np.isfinite(into[np.arange(ex.size), lc]) & np.isfinite(away[np.arange(ex.size), la])
+            g, la, lc = pair_exchanges(sel, masks[ex], k1, k2)
+            ok = np.isfinite(g) & (k1 != k2)
             p, k1, k2, la, lc = ex[ok], k1[ok], k2[ok], la[ok], lc[ok]
             out[p, k1, la], out[p, k1, lc], out[p, k2, lc], out[p, k2, la] = False, True, False, True
         return out
 
 
-@register_solver("abc", family="single-objective", reference="Karaboga, TR06 2005")
+@register_solver("abc", options=ArtificialBeeColony, family="single-objective", reference="Karaboga, TR06 2005")
 def abc(problem, **options) -> ArtificialBeeColony:
     """Factory for :class:`ArtificialBeeColony` (``select_layers(..., solver="abc", **options)``)."""
     return ArtificialBeeColony(**options)

@@ -31,7 +31,10 @@ $$
 
 so $\tau_{kl}$ is a running average of how often the elite plans let client $k$ train layer $l$. With
 ``exact_budget=False`` ants build rows of exactly $b_k$ layers (feasible), and the local search may
-drop layers.
+drop layers. With constraints (costs, required or forbidden cells, coverage) an ant's keys
+$\alpha \log \tau_{kl} + \beta \log \eta_{kl} + G_{kl}$ with the static heuristic
+$\eta_{kl} = \max(w_{kl}, \epsilon) / c_l$ go through the shared decoder
+(:func:`~f3ocus.selection.plans.fill`), which keeps every constraint.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from pymoo.core.population import Population
 from pymoo.util.display.single import SingleObjectiveOutput
 
 from f3ocus._checks import check_int, check_positive_float
-from f3ocus.selection.operators import top_b
+from f3ocus.selection.gains import add_gains
+from f3ocus.selection.plans import fill, top_b
 from f3ocus.selection.solvers import register_solver
 from f3ocus.selection.solvers._moves import polish, require_tradeoff
 
@@ -141,13 +145,16 @@ class AntColony(Algorithm):
         rng, sel = self.random_state, self.sel
         A, K, L = self.n_ants, sel.K, sel.L  # noqa: N806
         logit = self.alpha * np.log(self.pheromone) + rng.gumbel(size=(A, K, L))
+        if not sel.plain:  # constraints: the shared decoder, static heuristic per unit of cost
+            eta = np.maximum(sel.linear, _EPS) / (1.0 if sel.costs is None else sel.costs)
+            return fill(logit + self.beta * np.log(eta), sel, rng)
         if not self.count_aware:
             return top_b(logit + self.beta * self._log_eta, sel.budgets)
         masks = np.zeros((A, K, L), dtype=bool)
         counts = np.zeros((A, L))
-        step = 2.0 * self.tradeoff / L
-        for k in rng.permutation(K):  # the marginal gain of a layer at the counts so far
-            eta = np.maximum(sel.scores[k] - step * counts, _EPS)
+        offset = self.tradeoff / L  # the gain of adding a layer at the counts so far, up to a constant
+        for k in rng.permutation(K):
+            eta = np.maximum(add_gains(sel, self.tradeoff, sel.scores[k], counts) + offset, _EPS)
             row = top_b(logit[:, k] + self.beta * np.log(eta), np.full(A, sel.budgets[k]))
             masks[:, k] = row
             counts += row
@@ -162,7 +169,7 @@ class AntColony(Algorithm):
         self.pheromone = np.clip(tau, self.tau_min, 1.0)
 
 
-@register_solver("aco", family="single-objective", reference="Dorigo & Stützle, MIT Press 2004")
+@register_solver("aco", options=AntColony, family="single-objective", reference="Dorigo & Stützle, MIT Press 2004")
 def aco(problem, **options) -> AntColony:
     """Factory for :class:`AntColony` (``select_layers(..., solver="aco", **options)``)."""
     return AntColony(**options)

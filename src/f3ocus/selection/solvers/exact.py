@@ -4,13 +4,18 @@ With a number ``tradeoff`` it returns :func:`~f3ocus.selection.exact.exact_optim
 min-cost flow solved as a totally unimodular linear program); with ``tradeoff=None`` every extreme point
 of the supported Pareto front (:func:`~f3ocus.selection.exact.exact_front`), from which ``select_layers``
 returns the knee. Deterministic: the seed is recorded but unused.
+
+Where the flow applies (count budgets, with or without required and forbidden cells, ``min_coverage`` and a
+churn penalty, the ``"spread"`` coupling) the optimum is a totally unimodular LP; with costs or the
+``"agree"`` coupling it is the MIP of :mod:`f3ocus.selection.mip`, and ``stats`` carries its proven
+``bound`` (an upper bound on importance $-$ tradeoff * diversity) and ``mip_gap``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from f3ocus.selection.exact import exact_front, exact_optimum
+from f3ocus.selection.exact import exact_front, solve_exact
 from f3ocus.selection.problem import SelectionProblem
 from f3ocus.selection.solvers import SolverOutput, _register_direct
 
@@ -23,5 +28,9 @@ def exact(selection: SelectionProblem, *, tradeoff: float | None, rng: np.random
     if tradeoff is None:
         plans = exact_front(selection)
         return SolverOutput(plans, evaluations=len(plans), extra={"method": "dichotomic front, HiGHS LP"})
-    plan = exact_optimum(selection, tradeoff)
-    return SolverOutput(plan[None], evaluations=1, extra={"method": "min-cost flow LP (HiGHS)"})
+    plan, info = solve_exact(selection, tradeoff)
+    if info["method"] == "flow":
+        return SolverOutput(plan[None], evaluations=1, extra={"method": "min-cost flow LP (HiGHS)"})
+    extra = {"method": "MIP (HiGHS)", "bound": info["bound"], "mip_gap": info["gap"], "mip_rounds": info["rounds"],
+             "mip_status": info["status"]}
+    return SolverOutput(plan[None], evaluations=info["rounds"], extra=extra)

@@ -41,7 +41,8 @@ from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_dis
 from pymoo.util.display.multi import MultiObjectiveOutput
 
 from f3ocus._checks import check_int, check_positive_float
-from f3ocus.selection.operators import BudgetSampling, top_b
+from f3ocus.selection.operators import BudgetSampling
+from f3ocus.selection.plans import fill, top_b
 from f3ocus.selection.problem import SelectionPymooProblem
 from f3ocus.selection.reference import pareto_mask
 from f3ocus.selection.solvers import register_solver
@@ -135,9 +136,12 @@ class MOPSO(Algorithm):
         v = self.w * self.velocity + self.c1 * r1 * (p - x) + self.c2 * r2 * (g - x)
         self.velocity = np.clip(v, -self.v_max, self.v_max)
         keys = x + self.velocity + self.noise * rng.random(x.shape)
-        masks = self._decode(keys)
-        if not sel.exact_budget:
-            masks &= keys > 0.5
+        if sel.plain:
+            masks = self._decode(keys)
+            if not sel.exact_budget:
+                masks &= keys > 0.5
+        else:
+            masks = fill(keys, sel, rng, take=None if sel.exact_budget else keys > 0.5)
         self._mutate(masks)
         return Population.new("X", masks.reshape(len(masks), -1))
 
@@ -191,6 +195,8 @@ class MOPSO(Algorithm):
 
     def _decode(self, keys: np.ndarray) -> np.ndarray:
         """Each row's ``b_k`` largest keys (one sort; :func:`top_b` breaks the rare ties)."""
+        if not self.sel.plain:
+            return fill(keys, self.sel, self.random_state)
         b = self.sel.budgets
         desc = -np.sort(-keys, axis=-1)
         threshold = np.take_along_axis(desc, np.broadcast_to(b - 1, keys.shape[:-1])[..., None], -1)
@@ -238,7 +244,7 @@ class MOPSO(Algorithm):
 
 
 @register_solver(
-    "mopso", multi_objective=True, family="multi-objective", reference="Coello Coello et al., IEEE TEVC 2004"
+    "mopso", options=MOPSO, multi_objective=True, family="multi-objective", reference="Coello Coello et al., IEEE TEVC 2004"
 )
 def mopso(problem, **options) -> MOPSO:
     """Factory for :class:`MOPSO` (``select_layers(..., solver="mopso", **options)``)."""

@@ -1,0 +1,233 @@
+r"""Feasible plans from priorities: the one decoder every solver builds plans with.
+
+A plan is *feasible* when every client row keeps its budget (exactly or at most $b_k$ layers, or a
+load $\sum_l m_{kl} c_l \le B_k$ with costs), trains its required cells, leaves its forbidden cells, and
+every layer has its ``min_coverage`` (:meth:`~f3ocus.selection.problem.SelectionProblem.is_feasible`).
+
+:func:`fill` turns real priorities (keys) into a feasible plan in two steps:
+
+1. **Rows.** Required cells first, then the allowed cells by decreasing key: the $b_k$ largest with
+   count budgets (Bean's random-key decoding, ORSA J. Computing 1994); with costs every cell in key order
+   that still fits the remaining capacity (first fit). Cells outside ``take`` are skipped (except to
+   reach an exact count).
+2. **Coverage.** While a layer $l$ has fewer than its ``min_coverage`` clients, a client that may train
+   it and does not takes it: directly when its row has room, else in exchange for a layer $a$ that keeps
+   its own coverage ($n_a > c_a$, not required, and the capacity still holds). If no client can, the plan
+   is replaced by the problem's *anchor*, a feasible plan from the exact solver (the maximum-benefit
+   plan), which exists whenever the constraints can be met.
+
+:func:`random_plan`, :func:`repair` (fewest changes to an infeasible plan), the random-key decoding of
+PSO and DE and the ant construction of ACO are all :func:`fill` with different keys.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from f3ocus.selection.problem import SelectionProblem
+
+__all__ = ["anchor_plan", "fill", "random_plan", "repair", "top_b", "topk_plan"]
+
+
+def top_b(keys: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mask of the ``b[k]`` largest keys in each row ``k`` (ties broken by the lower column index).
+
+    Args:
+        keys: ``(..., K, L)`` real keys.
+        b: ``(K,)`` (or broadcastable to ``(..., K)``) integer counts in ``[0, L]``.
+
+    Returns:
+        bool array shaped like ``keys``.
+    """
+    order = np.argsort(-keys, axis=-1, kind="stable")
+    ranks = np.empty_like(order)
+    L = keys.shape[-1]  # noqa: N806
+    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(L), keys.shape), axis=-1)
+    return ranks < np.asarray(b)[..., None]
+
+
+def anchor_plan(sel: SelectionProblem) -> np.ndarray:
+    """A feasible plan (the exact maximum-benefit plan, cached on the problem).
+
+    Raises:
+        ValueError: no plan meets the constraints (the message says which).
+    """
+    if "anchor" not in sel._cache:
+        from f3ocus.selection.exact import exact_optimum
+
+        sel._cache["anchor"] = exact_optimum(sel, 0.0)
+    return sel._cache["anchor"].copy()
+
+
+def fill(
+    keys: np.ndarray,
+    sel: SelectionProblem,
+    rng: np.random.Generator,
+    take: np.ndarray | None = None,
+    counts: np.ndarray | None = None,
+) -> np.ndarray:
+    """Feasible plans ``(P, K, L)`` from keys ``(P, K, L)`` (see the module docstring).
+
+    Args:
+        keys: priorities; larger is taken first.
+        sel: the problem.
+        rng: the generator (the coverage step draws its clients with it).
+        take: optional ``(P, K, L)`` bool, the cells that may be taken beyond the required ones
+            (``None``: all allowed). With exact budgets a row that ``take`` leaves short is completed by
+            the other allowed cells in key order.
+        counts: optional ``(P, K)`` row counts to take instead of the budgets (count budgets only).
+    """
+    keys = np.asarray(keys, dtype=np.float64)
+    if keys.ndim == 2:
+        keys = keys[None]
+    lifted = keys if take is None else keys + np.where(take, 2.0 * (np.abs(keys).max() + 1.0), 0.0)
+    if sel.required is not None:
+        lifted = np.where(sel.required, np.inf, lifted)
+    if sel.allowed is not None:
+        lifted = np.where(sel.allowed, lifted, -np.inf)
+    if sel.costs is None:
+        b = sel.budgets if counts is None else counts
+        masks = top_b(lifted, b)
+        if sel.allowed is not None:
+            masks &= sel.allowed
+        if not sel.exact_budget and take is not None:
+            masks &= take | sel.required_mask
+    else:
+        masks = _first_fit(lifted, sel, None if take is None else take | sel.required_mask)
+    if sel.min_coverage is not None:
+        for p in range(len(masks)):
+            masks[p] = _cover(masks[p], sel, rng)
+    return masks
+
+
+def _first_fit(keys: np.ndarray, sel: SelectionProblem, take: np.ndarray | None) -> np.ndarray:
+    P, K, L = keys.shape  # noqa: N806
+    order = np.argsort(-keys, axis=-1, kind="stable")
+    masks = np.zeros(keys.shape, dtype=bool)
+    load = np.zeros((P, K))
+    cap = sel.capacities * (1 + 1e-12) + 1e-9
+    pp, kk = np.meshgrid(np.arange(P), np.arange(K), indexing="ij")
+    for j in range(L):
+        idx = order[..., j]
+        ok = keys[pp, kk, idx] > -np.inf
+        if take is not None:
+            ok &= take[pp, kk, idx]
+        ok &= load + sel.costs[idx] <= cap
+        masks[pp[ok], kk[ok], idx[ok]] = True
+        load += np.where(ok, sel.costs[idx], 0.0)
+    return masks
+
+
+def _cover(mask: np.ndarray, sel: SelectionProblem, rng: np.random.Generator) -> np.ndarray:
+    """Raise every layer to its coverage (see the module docstring); the anchor when it cannot."""
+    cov, allowed, req = sel.coverage, sel.allowed_mask, sel.required_mask
+    mask = mask.copy()
+    n = mask.sum(axis=0)
+    for _ in range(int(np.maximum(cov - n, 0).sum()) + 1):
+        short = np.flatnonzero(n < cov)
+        if short.size == 0:
+            return mask
+        lay = int(short[rng.integers(short.size)])
+        clients = np.flatnonzero(allowed[:, lay] & ~mask[:, lay])
+        rng.shuffle(clients)
+        done = False
+        for k in clients:
+            row = mask[k]
+            if sel.costs is None:
+                room = not sel.exact_budget and row.sum() < sel.budgets[k]
+                fits = np.ones(sel.L, dtype=bool)
+            else:
+                slack = sel.capacities[k] * (1 + 1e-12) + 1e-9 - float(row @ sel.costs)
+                room = sel.costs[lay] <= slack
+                fits = sel.costs[lay] - sel.costs <= slack
+            if room:
+                mask[k, lay], done = True, True
+                break
+            give = np.flatnonzero(row & ~req[k] & (n > cov) & fits)
+            if give.size:
+                a = int(give[rng.integers(give.size)])
+                mask[k, a], mask[k, lay], done = False, True, True
+                n[a] -= 1
+                break
+        if not done:
+            return anchor_plan(sel)
+        n[lay] += 1
+    return mask if np.all(n >= cov) else anchor_plan(sel)
+
+
+def random_plan(problem: SelectionProblem, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
+    r"""Random feasible plan(s).
+
+    With exact budgets and no other constraint each row is a uniform $b_k$-subset of the layers; with
+    ``exact_budget=False`` the row count is first drawn uniformly from $\{0, \dots, b_k\}$; with costs each
+    row takes, in a random order, the cells above a uniform random threshold that fit. Constraints go
+    through :func:`fill`.
+
+    Args:
+        problem: budgets, mode and constraints.
+        rng: the generator (the only source of randomness).
+        n: number of plans; ``None`` returns one ``(K, L)`` plan, else ``(n, K, L)``.
+    """
+    size = 1 if n is None else int(n)
+    keys = rng.random((size, problem.K, problem.L))
+    if problem.costs is not None:
+        masks = fill(keys, problem, rng, take=keys > rng.random((size, problem.K, 1)))
+    elif problem.exact_budget:
+        b = np.broadcast_to(problem.budgets, (size, problem.K))
+        masks = top_b(keys, b) if problem.plain else fill(keys, problem, rng, counts=b)
+    else:
+        b = rng.integers(0, problem.budgets + 1, size=(size, problem.K))
+        if problem.plain:
+            masks = top_b(keys, b)
+        else:
+            b = np.maximum(b, problem.required_mask.sum(axis=1))
+            masks = fill(keys, problem, rng, counts=b)
+    return masks[0] if n is None else masks
+
+
+def repair(masks: np.ndarray, problem: SelectionProblem, rng: np.random.Generator) -> np.ndarray:
+    """Make every plan feasible with few changes.
+
+    A row with more than ``b_k`` ones (or over its capacity) keeps a uniformly random subset of them that
+    fits. With exact budgets a row with fewer ones keeps all of them and gains uniformly random allowed
+    layers. Required cells are set, forbidden cells cleared, coverage raised (:func:`fill`). Feasible
+    plans are returned unchanged.
+
+    Args:
+        masks: ``(K, L)`` or ``(P, K, L)`` plans (any truthy dtype).
+        problem: budgets, mode and constraints.
+        rng: the generator.
+
+    Returns:
+        bool plans of the same shape, all feasible.
+    """
+    masks = np.asarray(masks).astype(bool)
+    keys = rng.random(masks.shape) + masks  # ones sort above zeros
+    if problem.plain:
+        kept = top_b(keys, problem.budgets)
+        if not problem.exact_budget:
+            kept &= masks
+        return kept
+    single = masks.ndim == 2
+    out = fill(keys, problem, rng, take=masks.reshape(keys.shape) if masks.ndim == 3 else masks[None])
+    return out[0] if single else out
+
+
+def topk_plan(sel: SelectionProblem, rng: np.random.Generator | None = None) -> np.ndarray:
+    r"""Greedy by score per cost: each client its own best layers, ignoring the other clients.
+
+    With count budgets each client takes its top $b_k$ allowed layers by $w_{kl}$ (the client-only plan
+    of the paper; with ``exact_budget=False`` only positive ones); with costs it takes, in decreasing
+    order of $w_{kl} / c_l$, every positive layer that still fits. Required cells come first and the
+    coverage step of :func:`fill` runs last (with ``rng``, default seeded by 0). Ties go to the lower index.
+    """
+    from f3ocus.selection.exact import top_b_plan
+
+    if sel.plain:
+        plan = top_b_plan(sel)
+        return plan if sel.exact_budget else plan & (sel.scores > 0)
+    rng = np.random.default_rng(0) if rng is None else rng
+    w = sel.linear
+    keys = w if sel.costs is None else w / sel.costs
+    take = None if sel.exact_budget else (w > 0)[None]
+    return fill(keys[None], sel, rng, take=take)[0]
