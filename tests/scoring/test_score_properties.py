@@ -160,3 +160,14 @@ def test_a_custom_score_plugs_in_with_the_context_building_blocks():
         assert "mean_abs_grad" in available_scores() and got.stats["reduction"] == "mean"
     finally:
         unregister_score("mean_abs_grad")
+
+
+def test_half_precision_models_are_scored_in_float32():
+    for score in ("magnitude", "snip"):
+        case, kw = case_with_loss("mlp")
+        kw = {} if score == "magnitude" else kw
+        ref = reference_scores(case.model, case.batch, score, **kw)
+        half = case.model.to(torch.bfloat16)
+        s = layer_scores(half, case.batch.to(torch.bfloat16), score, **kw)
+        assert s.stats["dtype"] == "float32"
+        assert dict(s) == pytest.approx(ref, rel=5e-2)

@@ -113,7 +113,9 @@ class ScoreContext:
         if "params" not in self._cache:
             if self.needs == "nothing":
                 named = dict(self.model.named_parameters())
-                self._cache["params"] = {n: named[n].detach() for names in self.layers.values() for n in names}
+                self._cache["params"] = {
+                    n: _compute(named[n].detach(), self.dtype) for names in self.layers.values() for n in names
+                }
             else:
                 self._cache["params"] = self.problem.layer_params()
         return self._cache["params"]
@@ -206,6 +208,15 @@ class ScoreContext:
                     "(e.g. a log or sqrt of zero, a label out of range) or score in float64 (dtype=torch.float64)."
                 )
         return tensors
+
+
+def _compute(t: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``t`` in the compute dtype: ``dtype`` if given, float32 for float16/bfloat16, else its own."""
+    if not t.is_floating_point():
+        return t
+    if dtype is not None:
+        return t.to(dtype)
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _zeros_for_none(grads: tuple, live: Mapping[str, Tensor]) -> list[Tensor]:
