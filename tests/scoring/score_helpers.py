@@ -9,7 +9,7 @@ from cases import build
 from f3ocus.ntk.prepare import default_output_fn
 
 F64 = torch.float64
-LOSS_SCORES = ("grad_norm", "rgn", "snr", "fisher", "snip", "grasp")
+LOSS_SCORES = ("grad_norm", "rgn", "snr", "fisher", "snip", "grasp", "gradflow")
 NO_LOSS_SCORES = ("ntk", "synflow", "magnitude")
 
 

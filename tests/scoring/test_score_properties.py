@@ -51,7 +51,7 @@ def test_fast_paths_match_the_loops_on_random_shapes(widths, n, bias, seed):
             assert got[layer] == pytest.approx(ref[layer], rel=1e-6, abs=1e-12), (score, layer)
 
 
-@pytest.mark.parametrize("score", ["snip", "fisher", "grasp", "synflow", "magnitude", "snr", "grad_norm", "rgn"])
+@pytest.mark.parametrize("score", ["snip", "fisher", "grasp", "gradflow", "synflow", "magnitude", "snr", "grad_norm", "rgn"])
 def test_sum_and_mean_differ_by_the_layer_size(score):
     case, kw = case_with_loss("cnn_groupnorm_batchnorm")
     s = layer_scores(case.model, case.batch, score, reduction="sum", **kw)
@@ -61,7 +61,7 @@ def test_sum_and_mean_differ_by_the_layer_size(score):
         assert s[layer] == pytest.approx(factor * m[layer], rel=1e-10)
 
 
-@pytest.mark.parametrize("score", ["grad_norm", "rgn", "fisher", "snip", "grasp"])
+@pytest.mark.parametrize("score", ["grad_norm", "rgn", "fisher", "snip", "grasp", "gradflow"])
 def test_batch_mean_scores_do_not_change_when_every_sample_is_repeated(score):
     case, kw = case_with_loss("mlp_loss")
     twice = torch.cat([case.batch, case.batch])
@@ -86,6 +86,7 @@ def test_available_scores_lists_the_design_names_first():
     assert available_scores()[:10] == [
         "ntk", "grad_norm", "rgn", "snr", "fisher", "snip", "grasp", "synflow", "magnitude", "random",
     ]
+    assert "gradflow" in available_scores()
 
 
 def test_result_is_json_round_trippable_and_records_its_stats():

@@ -3,13 +3,13 @@
 :func:`layer_scores` computes one score per layer over the layer's trainable parameters and returns a
 :class:`~f3ocus.LayerScores`, so any score can feed :func:`f3ocus.select_layers`. The built-in scores
 (``"ntk"``, ``"grad_norm"``, ``"rgn"``, ``"snr"``, ``"fisher"``, ``"snip"``, ``"grasp"``, ``"synflow"``,
-``"magnitude"``, ``"random"``) are registered on import; :func:`register_score` adds one.
+``"magnitude"``, ``"random"``, ``"gradflow"``) are registered on import; :func:`register_score` adds one.
 :func:`reference_scores` is the brute-force reference every score is tested against;
 :func:`make_nonnegative` transforms signed scores (``"grasp"``) before selection.
 """
 
 import f3ocus.scoring.datafree  # noqa: F401  (registers "synflow", "magnitude", "random")
-import f3ocus.scoring.gradient  # noqa: F401  (registers "grad_norm", "rgn", "snip", "grasp")
+import f3ocus.scoring.gradient  # noqa: F401  (registers "grad_norm", "rgn", "snip", "grasp", "gradflow")
 import f3ocus.scoring.ntk  # noqa: F401  (registers "ntk")
 import f3ocus.scoring.samples  # noqa: F401  (registers "fisher", "snr")
 from f3ocus.scoring.api import layer_scores

@@ -53,6 +53,7 @@ def layer_scores(
     | ``"fisher"`` | $\sum_i \frac1N \sum_n g_{n,i}^2$ | sum | loss |
     | ``"snip"`` | $\sum_i \lvert \theta_i g_i \rvert$ | sum | loss |
     | ``"grasp"`` | $-\sum_i \theta_i (H g)_i$ (signed) | sum | loss |
+    | ``"gradflow"`` | $\sum_i \lvert \theta_i (H g)_i \rvert$ | sum | loss |
     | ``"synflow"`` | $\sum_i \lvert \theta_i\, \partial R / \partial \theta_i \rvert$ | sum | input shapes |
     | ``"magnitude"`` | $\mathrm{mean}_i \lvert \theta_i \rvert$ | mean | nothing |
     | ``"random"`` | $U[0, 1)$ | -- | nothing |

@@ -1,4 +1,4 @@
-r"""Scores from the batch-loss gradient: ``"grad_norm"``, ``"rgn"``, ``"snip"`` and ``"grasp"``.
+r"""Scores from the batch-loss gradient: ``"grad_norm"``, ``"rgn"``, ``"snip"``, ``"grasp"`` and ``"gradflow"``.
 
 Throughout, $L = \frac1N \sum_n \ell_n$ is the batch-mean loss (``loss_fn(output, targets).mean()``),
 $g = \nabla_\theta L$ its gradient over the scored parameters and, for layer $l$, $g_l$ and $\theta_l$
@@ -14,7 +14,7 @@ import torch
 from f3ocus.scoring.context import ScoreContext
 from f3ocus.scoring.registry import register_score
 
-__all__ = ["grad_norm", "grasp", "rgn", "snip"]
+__all__ = ["grad_norm", "gradflow", "grasp", "rgn", "snip"]
 
 
 def _norm(ctx: ScoreContext, values: torch.Tensor) -> torch.Tensor:
@@ -92,3 +92,20 @@ def grasp(ctx: ScoreContext) -> dict[str, float]:
     _, hg = ctx.hessian_gradient()
     params = ctx.parameters()
     return {layer: float(-ctx.reduce(ctx.flat(layer, params) * ctx.flat(layer, hg))) for layer in ctx.layers}
+
+
+@register_score("gradflow", needs="loss", reduction="sum")
+def gradflow(ctx: ScoreContext) -> dict[str, float]:
+    r"""Gradient-flow preservation: the magnitude of GraSP's term, summed over the layer (Lubana and Dick,
+    "A Gradient Flow Framework for Analyzing Network Pruning", ICLR 2021).
+
+    $$ s_l = \sum_{i \in l} \lvert \theta_i\, (H g)_i \rvert , \qquad H = \nabla^2_\theta L . $$
+
+    Lubana and Dick show that removing parameters should *preserve* the gradient norm rather than
+    raise it (as GraSP's signed score favours), so the size of each parameter's second-order effect
+    on $\tfrac12 \lVert g \rVert^2$ is its importance. Non-negative. Cost: as ``"grasp"`` (one
+    Hessian-vector product).
+    """
+    _, hg = ctx.hessian_gradient()
+    params = ctx.parameters()
+    return {layer: float(ctx.reduce((ctx.flat(layer, params) * ctx.flat(layer, hg)).abs())) for layer in ctx.layers}

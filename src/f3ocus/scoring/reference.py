@@ -126,7 +126,7 @@ def reference_scores(
         count = len(rows)
         g = [sum(r[i] for r in rows) / count for i in range(len(params))]
         index = {n: i for i, n in enumerate(flat)}
-        hg = _hvp(model, batch, loss_fn, targets, output_fn, params, g) if score == "grasp" else None
+        hg = _hvp(model, batch, loss_fn, targets, output_fn, params, g) if score in ("grasp", "gradflow") else None
         for layer, names in groups.items():
             idx = [index[n] for n in names]
             theta = [params[i].detach() for i in idx]
@@ -140,6 +140,8 @@ def reference_scores(
                 out[layer] = _reduce([(t * x).abs() for t, x in zip(theta, gl, strict=True)], reduction)
             elif score == "grasp":
                 out[layer] = -_reduce([t * hg[i] for t, i in zip(theta, idx, strict=True)], reduction)
+            elif score == "gradflow":
+                out[layer] = _reduce([(t * hg[i]).abs() for t, i in zip(theta, idx, strict=True)], reduction)
             elif score == "fisher":
                 out[layer] = _reduce([sum(r[i].square() for r in rows) / count for i in idx], reduction)
             elif score == "snr":

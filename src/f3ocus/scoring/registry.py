@@ -71,7 +71,7 @@ class ScoreSpec:
 
 
 _SCORES: dict[str, ScoreSpec] = {}
-_BUILTIN_ORDER = ("ntk", "grad_norm", "rgn", "snr", "fisher", "snip", "grasp", "synflow", "magnitude", "random")
+_BUILTIN_ORDER = ("ntk", "grad_norm", "rgn", "snr", "fisher", "snip", "grasp", "synflow", "magnitude", "random", "gradflow")
 
 
 def register_score(
