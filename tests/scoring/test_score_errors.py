@@ -93,6 +93,12 @@ def test_transform_and_seed_are_checked(mlp):
         layer_scores(model, x, "random", seed=-1)
 
 
+def test_dtype_is_checked(mlp):
+    model, _, _ = mlp
+    with pytest.raises(TypeError, match=r"dtype must be a floating torch\.dtype such as torch\.float64, got 'float64'"):
+        layer_scores(model, None, "magnitude", dtype="float64")
+
+
 def test_unknown_option_lists_the_score_options(mlp):
     model, x, y = mlp
     with pytest.raises(TypeError, match=r"score='rgn' got unknown option\(s\) 'epsilon'; its options are 'eps'"):

@@ -172,3 +172,14 @@ def test_half_precision_models_are_scored_in_float32():
         s = layer_scores(half, case.batch.to(torch.bfloat16), score, **kw)
         assert s.stats["dtype"] == "float32"
         assert dict(s) == pytest.approx(ref, rel=5e-2)
+
+
+def test_ntk_takes_the_loss_kernel_with_a_loss_unless_told_otherwise():
+    from f3ocus import ntk_layer_importance
+
+    case, kw = case_with_loss("mlp_loss")
+    loss = layer_scores(case.model, case.batch, "ntk", method="dense", **kw)
+    output = layer_scores(case.model, case.batch, "ntk", method="dense", kernel="output", **kw)
+    assert loss.stats["ntk"]["kernel"] == "loss" and output.stats["ntk"]["kernel"] == "output"
+    assert dict(output) == pytest.approx(dict(ntk_layer_importance(case.model, case.batch, method="dense")), rel=1e-10)
+    assert dict(loss) == pytest.approx(dict(ntk_layer_importance(case.model, case.batch, method="dense", kernel="loss", **kw)), rel=1e-10)

@@ -107,6 +107,8 @@ def layer_scores(
         check_choice("transform", transform, TRANSFORMS)
     if seed is not None:
         seed = check_int("seed", seed, low=0)
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float64, got {describe(dtype)}.")
     _check_needs(spec, batch, loss_fn, targets)
     _check_options(spec, options)
     was_training = model.training
