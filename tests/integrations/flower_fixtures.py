@@ -129,6 +129,7 @@ class InProcessGrid(Grid):
             for n in self.nodes
         }
         self.sent: list[Message] = []
+        self.sent_rounds: list[int] = []  # the round of each sent message, read when it was sent
 
     def set_run(self, run):  # pragma: no cover - not used in-process
         pass
@@ -156,6 +157,7 @@ class InProcessGrid(Grid):
             self.sent.append(m)
             node = m.metadata.dst_node_id
             rnd = next(iter(m.content.config_records.values()))["server-round"]
+            self.sent_rounds.append(rnd)
             if self.drop(node, rnd):
                 continue
             if self.error(node, rnd):

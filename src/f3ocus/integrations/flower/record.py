@@ -114,3 +114,8 @@ class RoundRecord:
         for key in by_node:
             kwargs[key] = {int(k): v for k, v in kwargs[key].items()}
         return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> RoundRecord:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))

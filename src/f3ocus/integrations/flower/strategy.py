@@ -182,6 +182,13 @@ class F3ocusStrategy(Strategy):
         for key, n in (("down", down), ("up", up), ("fed_down", fed_down), ("fed_up", fed_up)):
             r[key][node] = r[key].get(node, 0) + n
 
+    def _count_pending(self) -> None:
+        """Count the messages sent since the last call (after sending: with the ids the grid gave)."""
+        for msg, inner_content in getattr(self, "_pending", []):
+            node = msg.metadata.dst_node_id
+            self._count(node, down=message_nbytes(msg), fed_down=nbytes_with_content(msg, inner_content))
+        self._pending = []
+
     def _harvest(self, node: int, content: Any, server_round: int) -> None:
         """Remember the valid scores and budget a reply carries; note why they are unusable if not."""
         try:
@@ -251,9 +258,9 @@ class F3ocusStrategy(Strategy):
             )
             for node in nodes
         ]
-        for m in messages:
-            self._count(m.metadata.dst_node_id, down=message_nbytes(m))
         replies = list(grid.send_and_receive(messages, timeout=self.query_timeout))
+        for m in messages:  # counted once sent: the grid gives each message its id
+            self._count(m.metadata.dst_node_id, down=message_nbytes(m))
         sent = self._sent_ids(messages)
         for reply in replies:
             node = reply_node(reply, sent)
@@ -349,17 +356,17 @@ class F3ocusStrategy(Strategy):
         self.plans[rnd], self.fallbacks[rnd] = plan, list(reasons)
         self._round.update(selected=selected, fallback=reasons, plan=plan, planned=counts)
         extra_score = rnd % self.reselect_every == 0 and self.score_with == "train"
-        out = []
+        out, self._pending = [], []
         for m in inner:
             node = m.metadata.dst_node_id
-            self._count(node, fed_down=message_nbytes(m))
-            if node not in plan:
+            if node not in plan:  # FedAvg would still have sent it
+                self._count(node, fed_down=message_nbytes(m))
                 continue
             extra: dict[str, Any] = {P.LAYERS_KEY: plan[node]}
             if extra_score:
                 extra[P.SCORE_LAYERS_KEY] = self._layers
             msg = self._with_config(m, extra)
-            self._count(node, down=message_nbytes(msg))
+            self._pending.append((msg, m.content))
             out.append(msg)
         self._train_out = out
         log(INFO, "f3ocus: round %d plan%s: %s", rnd, " (new)" if selected else "", plan)
@@ -379,6 +386,7 @@ class F3ocusStrategy(Strategy):
         plan, wkey, akey = self.plans.get(rnd, {}), self._weight_key(), self._array_key()
         full = {k: self._global[k] for k in self._global}
         global_np = {k: np.asarray(a.numpy()) for k, a in full.items()}
+        self._count_pending()
         sent = self._sent_ids(getattr(self, "_train_out", []))
         updates, metric_contents, seen = [], [], set()
         for reply in replies:
@@ -459,9 +467,7 @@ class F3ocusStrategy(Strategy):
         inner = list(self.strategy.configure_evaluate(rnd, arrays, config, grid))
         ask = self.score_with == "evaluate" and rnd % self.reselect_every == 0
         out = [self._with_config(m, {P.SCORE_LAYERS_KEY: self._layers}) if ask else m for m in inner]
-        if self._round.get("round") == rnd:
-            for m, o in zip(inner, out, strict=True):
-                self._count(m.metadata.dst_node_id, down=message_nbytes(o), fed_down=message_nbytes(m))
+        self._pending = [(o, m.content) for m, o in zip(inner, out, strict=True)]
         self._eval_out = out
         return out
 
@@ -469,6 +475,8 @@ class F3ocusStrategy(Strategy):
         """Validate the evaluation replies, hand the valid ones to the wrapped strategy, close the round."""
         rnd = server_round + self._offset
         counting = self._round.get("round") == rnd
+        if counting:
+            self._count_pending()
         sent = self._sent_ids(getattr(self, "_eval_out", []))
         valid, wkey = [], self._weight_key()
         for reply in replies:
