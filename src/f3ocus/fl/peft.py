@@ -50,12 +50,14 @@ def block_of(param_name: str, blocks: Sequence[str] | None = None) -> str:
                 f"or freeze it."
             )
         return best
-    for i, part in enumerate(parts[:-1]):
+    # Only the path above the adapter-specific part counts: the index of an nn.Sequential saved whole
+    # (``classifier.modules_to_save.default.0.weight``) is not a block number.
+    adapter = next((i for i, part in enumerate(parts[:-1]) if _ADAPTER_PARTS.match(part)), len(parts) - 1)
+    for i, part in enumerate(parts[:adapter]):
         if part.isdigit():
             return ".".join(parts[: i + 1])
-    for i, part in enumerate(parts[:-1]):
-        if _ADAPTER_PARTS.match(part):
-            return ".".join(parts[:i]) or parts[0]
+    if adapter < len(parts) - 1:
+        return ".".join(parts[:adapter]) or parts[0]
     return ".".join(parts[:-1]) or parts[0]
 
 

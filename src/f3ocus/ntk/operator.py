@@ -11,6 +11,9 @@ and one vector $v_l \in \mathbb{R}^{N \times M}$ per layer:
    ``scaled_dot_product_attention`` raises ``NotImplementedError``) it is the transpose of step 1,
    the *double-vjp* trick: $J u = \partial_w \langle J^\top w, u \rangle$, a vjp of the (linear) vjp.
 
+Random operations inside the model (ViLT draws its image patches with ``torch.multinomial``) see one
+draw for the whole vmapped batch of tangents (``randomness="same"``).
+
 Memory is a few copies of the parameters per layer chunk; work is about three backward passes per
 layer per product, so :func:`f3ocus.ntk.linalg.lanczos_max_eig` on top of it is the method of last
 resort for models whose Jacobians do not fit in memory.
@@ -86,7 +89,7 @@ class LayerKernelOperator:
         """``J u`` for a batch of tangents ``u`` (name -> (B, *shape)), as ``(B, N, M)``."""
         if self.mode in ("auto", "jvp"):
             try:
-                return vmap(self._forward_mode)(tangents)
+                return vmap(self._forward_mode, randomness="same")(tangents)
             except (NotImplementedError, RuntimeError):
                 if self.mode == "jvp":
                     raise
@@ -95,7 +98,7 @@ class LayerKernelOperator:
         # Fused attention kernels have neither forward-mode nor double-backward formulas: the double vjp
         # runs with the composite ("math") scaled-dot-product attention, which has both.
         with sdpa_kernel([SDPBackend.MATH]):
-            return vmap(self._double_vjp)(tangents)
+            return vmap(self._double_vjp, randomness="same")(tangents)
 
     def _forward_mode(self, tangent: dict[str, Tensor]) -> Tensor:
         return jvp(self.problem.outputs, (self.params,), (tangent,))[1]

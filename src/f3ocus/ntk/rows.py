@@ -316,7 +316,7 @@ def _fallback_rows(
         return jacrev(f, chunk_size=chunk_size)(free)
 
     try:
-        return vmap(one_sample)(args, kwargs, targets)
+        return vmap(one_sample, randomness="different")(args, kwargs, targets)
     except RuntimeError:
         # The model does not vmap over samples (data-dependent control flow): differentiate the whole
         # batch instead, N*M reverse passes for these parameters (as the dense reference does).

@@ -43,6 +43,7 @@ class Tap:
     args: tuple
     kwargs: dict
     out: Tensor
+    inplace: bool = False
 
 
 class ParameterTaps(TorchFunctionMode):
@@ -78,13 +79,18 @@ class ParameterTaps(TorchFunctionMode):
         if out is source:  # an identity such as ``p.to(p.device)`` or ``p.contiguous()``: nothing new
             return out
         others = [t for t in leaves if isinstance(t, Tensor) and t is not source]
+        inplace = any(out is t for t in others)  # e.g. ``x += pos_embed``: replayed on a clone of x
         if (
             out.dim() > 0
             and out.shape[0] == self.n
             and (self.n == 1 or source.dim() == 0 or source.shape[0] != self.n)
         ):
-            self.taps.append(Tap(root, source, func, args, kwargs, out))
-        elif out.shape[:1] != (self.n,) and not any(t.is_floating_point() or t.is_complex() for t in others):
+            self.taps.append(Tap(root, source, func, args, kwargs, out, inplace))
+        elif (
+            out.shape[:1] != (self.n,)
+            and not inplace
+            and not any(t.is_floating_point() or t.is_complex() for t in others)
+        ):
             self.sources[id(out)] = (root, out)  # derived from the parameter alone (slices, embeddings)
             self.chain[id(out)] = (source, func, args, kwargs)
         else:
@@ -113,16 +119,30 @@ def _is_metadata(out: Any) -> bool:
     return out is None or isinstance(out, (int, float, bool, torch.Size, torch.dtype, torch.device))
 
 
-def _replace(args: tuple, kwargs: dict, old: Tensor, new: Tensor, sliced: dict[int, Tensor] | None = None):
+def _replace(
+    args: tuple,
+    kwargs: dict,
+    old: Tensor,
+    new: Tensor,
+    sliced: dict[int, Tensor] | None = None,
+    clone: bool = False,
+):
+    """The recorded arguments with ``old`` replaced by ``new`` and batched ones by their slices.
+
+    With ``clone`` (an in-place operation), the other tensors are cloned, so that the replay inside a
+    ``torch.func`` transform mutates a fresh tensor instead of a captured one.
+    """
     leaves, spec = tree_flatten((args, kwargs))
     out = []
     for t in leaves:
         if t is old:
             out.append(new)
-        elif sliced is not None and isinstance(t, Tensor) and id(t) in sliced:
-            out.append(sliced[id(t)])
-        else:
-            out.append(t.detach() if isinstance(t, Tensor) else t)
+            continue
+        if sliced is not None and isinstance(t, Tensor) and id(t) in sliced:
+            t = sliced[id(t)]
+        elif isinstance(t, Tensor):
+            t = t.detach()
+        out.append(t.clone() if clone and isinstance(t, Tensor) else t)
     return tree_unflatten(out, spec)
 
 
@@ -138,7 +158,7 @@ def _source_rows(tap: Tap, backprop: Tensor, n: int) -> Tensor:
             sliced = {id(t): s.unsqueeze(0) for t, s in zip(batched, slices, strict=True)}
 
             def f(s: Tensor) -> Tensor:
-                a, kw = _replace(tap.args, tap.kwargs, tap.source, s, sliced)
+                a, kw = _replace(tap.args, tap.kwargs, tap.source, s, sliced, clone=tap.inplace)
                 return tap.func(*a, **kw)
 
             return vjp(f, source)[1](g_n.unsqueeze(0))[0]
@@ -148,7 +168,7 @@ def _source_rows(tap: Tap, backprop: Tensor, n: int) -> Tensor:
 
     # No batched input (e.g. expand): the backprop masked to one sample at a time.
     def f(s: Tensor) -> Tensor:
-        a, kw = _replace(tap.args, tap.kwargs, tap.source, s)
+        a, kw = _replace(tap.args, tap.kwargs, tap.source, s, clone=tap.inplace)
         return tap.func(*a, **kw)
 
     vjp_fn = vjp(f, source)[1]
