@@ -24,16 +24,27 @@ def main(grid: Grid, context: Context) -> None:
     def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, acc = evaluate(model, test_data)
+        log(20, "f3ocus-flower-app round %d: accuracy %.3f, loss %.4f", server_round, acc, loss)
         return MetricRecord({"loss": loss, "accuracy": acc})
 
+    num_nodes = int(cfg["min-nodes"])
     strategy = F3ocusStrategy(
-        FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_available_nodes=2),
+        FedAvg(
+            fraction_train=1.0,
+            fraction_evaluate=float(cfg["fraction-evaluate"]),
+            min_available_nodes=num_nodes,
+            min_train_nodes=num_nodes,
+            min_evaluate_nodes=min(2, num_nodes),
+        ),
         resolve_layers(model),
         budget=int(cfg["budget"]),
+        max_budget=int(cfg["max-budget"]),
         solver=str(cfg["solver"]),
         tradeoff=float(cfg["tradeoff"]),
         reselect_every=int(cfg["reselect-every"]),
+        first_round=str(cfg["first-round"]),
         seed=seed,
+        save_dir=str(cfg["save-dir"]) or None,
     )
     result = strategy.start(
         grid=grid,
@@ -41,7 +52,15 @@ def main(grid: Grid, context: Context) -> None:
         num_rounds=int(cfg["num-server-rounds"]),
         evaluate_fn=central_eval,
     )
-    for rnd, plan in strategy.plans.items():
-        log(20, "f3ocus plan, round %d: %s", rnd, {str(k)[-4:]: v for k, v in plan.items()})
+    total = sum(r.total_bytes for r in strategy.history.values())
+    fedavg = sum(r.fedavg_total_bytes for r in strategy.history.values())
     final = result.evaluate_metrics_serverapp[max(result.evaluate_metrics_serverapp)]
-    log(20, "f3ocus-flower-app finished: %d rounds, accuracy %.3f", len(strategy.plans), final["accuracy"])
+    log(
+        20,
+        "f3ocus-flower-app finished: %d rounds, accuracy %.3f, %d bytes moved (full FedAvg: %d, ratio %.3f)",
+        len(strategy.history),
+        final["accuracy"],
+        total,
+        fedavg,
+        total / fedavg,
+    )

@@ -1,10 +1,15 @@
-"""The example Flower app (examples/flower-app) runs end to end with `flwr run` (Ray simulation)."""
+"""The example app (examples/flower-app) in a real localhost deployment: one SuperLink, two SuperNodes.
+
+The processes are started on free ports of 127.0.0.1 and always stopped by their PIDs. The run must
+finish its rounds, learn over them, and move fewer bytes than full FedAvg would.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,10 +25,15 @@ APP = Path(__file__).resolve().parents[2] / "examples" / "flower-app"
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -40,16 +50,32 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> No
     raise TimeoutError("flower-superlink did not become healthy")
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a process we started (and the processes it started) by its PID."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.mark.slow
 @pytest.mark.flower
-def test_example_app_finishes_with_flwr_run(tmp_path):
+def test_example_app_in_a_localhost_deployment(tmp_path):
     app = tmp_path / "app"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
     home = tmp_path / "flwr-home"
     home.mkdir()
-    port = free_port()
+    link, node0, node1 = free_ports(3)
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        f'[superlink]\ndefault = "local-deployment"\n\n'
+        f'[superlink.local-deployment]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
     )
     env = {
         **os.environ,
@@ -60,39 +86,49 @@ def test_example_app_finishes_with_flwr_run(tmp_path):
         "OMP_NUM_THREADS": "1",  # tiny model: one torch thread per process avoids oversubscription
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    log = (tmp_path / "superlink.log").open("w")
-    superlink = subprocess.Popen(
-        [
-            str(BIN / "flower-superlink"),
-            "--insecure",
-            "--simulation",
-            "--isolation",
-            "subprocess",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-    )
+    procs: list[subprocess.Popen] = []
+    logs = []
+
+    def start(name: str, *args: str) -> subprocess.Popen:
+        log = (tmp_path / f"{name}.log").open("w")
+        logs.append(log)
+        proc = subprocess.Popen(
+            [str(BIN / args[0]), *args[1:]],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            start_new_session=True,  # its own process group, stopped as a whole by PID
+        )
+        procs.append(proc)
+        return proc
+
     try:
-        wait_healthy(port, superlink)
+        superlink = start(
+            "superlink", "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link)
+        )
+        wait_healthy(link, superlink)
+        for pid, port in enumerate((node0, node1)):
+            start(
+                f"supernode{pid}",
+                "flower-supernode",
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{link}",
+                "--node-config",
+                f"partition-id={pid}",
+                "--port",
+                str(port),
+            )
         run = subprocess.run(
             [
                 str(BIN / "flwr"),
                 "run",
                 str(app),
-                "test",
+                "local-deployment",
                 "--stream",
-                "--federation-config",
-                "num-supernodes=3",
                 "--run-config",
-                "num-server-rounds=2",
-                "--run-config",
-                "local-steps=5",
+                f"num-server-rounds=3 save-dir='{tmp_path / 'saved'}'",
             ],
             env=env,
             cwd=tmp_path,
@@ -101,15 +137,21 @@ def test_example_app_finishes_with_flwr_run(tmp_path):
             timeout=150,
         )
     finally:
-        superlink.terminate()
-        try:
-            superlink.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            superlink.kill()
-            superlink.wait()
-        log.close()
+        for proc in reversed(procs):
+            stop(proc)
+        for log in logs:
+            log.close()
     out = run.stdout + run.stderr
-    assert "f3ocus-flower-app finished: 2 rounds" in out, out[-4000:]
-    plans = re.findall(r"f3ocus plan, round (\d+): (\{.*\})", out)
-    assert [r for r, _ in plans] == ["1", "2"], out[-4000:]
-    assert "Sampled 3 nodes" in out
+    tail = out[-4000:] + "".join(
+        (tmp_path / f"{n}.log").read_text()[-1500:] for n in ("superlink", "supernode0")
+    )
+    assert "f3ocus-flower-app finished: 3 rounds" in out, tail
+    accuracy = [float(a) for a in re.findall(r"f3ocus-flower-app round \d+: accuracy ([\d.]+)", out)]
+    assert len(accuracy) == 4 and accuracy[-1] > accuracy[1] > accuracy[0], accuracy  # learns over rounds
+    ratios = [float(r) for r in re.findall(r"f3ocus: round \d+ traffic: .*ratio ([\d.]+)", out)]
+    assert len(ratios) == 3 and all(r < 1 for r in ratios[1:]), ratios
+    moved, fedavg = re.search(r"(\d+) bytes moved \(full FedAvg: (\d+)", out).groups()
+    assert int(moved) < int(fedavg)
+    nodes = set(re.findall(r"node (\d{6,})", out))  # real node ids, never the SuperLink's 1
+    assert (tmp_path / "saved" / "state.json").exists() and (tmp_path / "saved" / "arrays.npz").exists()
+    assert not [n for n in nodes if n == "1"]
