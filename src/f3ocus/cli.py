@@ -1,10 +1,13 @@
 """The ``f3ocus`` command.
 
-``f3ocus demo`` runs the offline demo (:mod:`f3ocus.demo`): federated fine-tuning of a pretrained
-vision-language model (EfficientNet-Lite0 + MiniLM-L6) on easy-VQA split non-IID over clients, comparing
-F³OCUS layer selection with client-only NTK top-k, random and last-k layers at equal budgets, and full
-fine-tuning. It prints a table and writes ``results.json``, ``table.md`` and PNG plots to ``--out``.
-``python -m f3ocus demo`` does the same.
+``f3ocus demo`` runs a reduced study of the offline demo task (:mod:`f3ocus.demo`): federated fine-tuning
+of a pretrained vision-language model (EfficientNet-Lite0 + MiniLM-L6) on easy-VQA split non-IID over
+clients, F³OCUS against client-only NTK top-k (and whatever ``--strategies`` adds), paired by seed. It
+prints a table with the paired difference F³OCUS − top-k and its 95 % CI, and writes the cells, a
+summary, the table and plots to ``--out``.
+
+``f3ocus study`` runs the full study (:mod:`f3ocus.demo.study`): every strategy, 10 seeds, two
+heterogeneity levels and the tradeoff sweep, resumable in ``--out``. ``python -m f3ocus ...`` does the same.
 """
 
 from __future__ import annotations
@@ -15,85 +18,99 @@ from collections.abc import Sequence
 
 __all__ = ["main", "build_parser"]
 
+#: The demo's reduced study: seeds and strategies (the task is the study's).
+DEMO_SEEDS = (0, 1, 2, 3)
+DEMO_STRATEGIES = ("f3ocus", "topk")
+STUDY_SEEDS = tuple(range(10))
+
 QUICK = {
     "rounds": 2,
     "samples_per_client": 40,
     "local_steps": 2,
-    "warmup_rounds": 3,
-    "warmup_steps": 10,
+    "warmup_rounds": 1,
     "score_samples": 2,
     "test_images": 10,
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``f3ocus`` (subcommand ``demo``)."""
-    from f3ocus.demo.run import DemoConfig
-    from f3ocus.demo.strategies import STRATEGIES
+def _task_options(p: argparse.ArgumentParser) -> None:
+    from f3ocus.demo.run import TaskConfig
 
-    d = DemoConfig()
+    d = TaskConfig()
+    p.add_argument("--rounds", type=int, default=d.rounds, help="federated rounds per strategy")
+    p.add_argument("--clients", type=int, default=d.clients, help="number of clients")
+    p.add_argument("--device", default=d.device, help="torch device, e.g. cpu or cuda")
+    p.add_argument(
+        "--solver", default=d.solver, help="solver of the f3ocus strategy (f3ocus.available_solvers())"
+    )
+    p.add_argument("--samples-per-client", type=int, default=d.samples_per_client, help="mean client size")
+    p.add_argument(
+        "--budgets", type=int, nargs="+", default=None, help="encoder layers per client (default 2..6)"
+    )
+    p.add_argument("--local-steps", type=int, default=d.local_steps, help="local Adam steps per round")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="questions per local step")
+    p.add_argument("--lr", type=float, default=d.lr, help="local learning rate")
+    p.add_argument("--warmup-rounds", type=int, default=d.warmup_rounds, help="head-only warm-up rounds")
+    p.add_argument("--kernel", default=d.kernel, choices=["output", "sum", "loss"], help="NTK kernel")
+    p.add_argument("--score-samples", type=int, default=d.score_samples, help="NTK batch size per client")
+    p.add_argument("--test-images", type=int, default=d.test_images, help="test images (all their questions)")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="image side given to the model")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker process")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (each runs one seed at a time)")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny task (2 rounds, small clients) to check the set-up"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``f3ocus`` (subcommands ``demo`` and ``study``)."""
     parser = argparse.ArgumentParser(prog="f3ocus", description="Layer selection for federated fine-tuning.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
     demo = sub.add_parser(
         "demo",
-        help="offline demo: federated fine-tuning of a small pretrained vision-language model on easy-VQA",
+        help="offline demo: a reduced F3OCUS vs top-k study on easy-VQA (a few minutes on 2 CPU cores)",
         description=(
             "Federated fine-tuning of EfficientNet-Lite0 + MiniLM-L6 on easy-VQA (non-IID clients): "
-            "F3OCUS vs client-only NTK top-k, random, last-k layers and full fine-tuning. "
+            "F3OCUS vs client-only NTK top-k, paired by seed, with the paired difference and its 95%% CI. "
             "Needs the demo extra: pip install 'f3ocus[demo]'."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=fmt,
     )
-    demo.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds), help="one experiment per seed")
-    demo.add_argument("--rounds", type=int, default=d.rounds, help="federated rounds per strategy")
-    demo.add_argument("--clients", type=int, default=d.clients, help="number of clients")
-    demo.add_argument("--device", default=d.device, help="torch device, e.g. cpu or cuda")
-    demo.add_argument("--solver", default=d.solver, help="F3OCUS solver (see f3ocus.available_solvers())")
-    demo.add_argument("--out", default="f3ocus-demo", help="output folder for results.json, table.md, plots")
-    demo.add_argument("--samples-per-client", type=int, default=d.samples_per_client, help="mean client size")
-    demo.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration of the split")
-    demo.add_argument("--budgets", type=int, nargs="+", default=None, help="layers per client (default 2..6)")
-    demo.add_argument("--local-steps", type=int, default=d.local_steps, help="local Adam steps per round")
-    demo.add_argument("--batch-size", type=int, default=d.batch_size, help="questions per local step")
-    demo.add_argument("--lr", type=float, default=d.lr, help="local learning rate")
-    demo.add_argument("--warmup-rounds", type=int, default=d.warmup_rounds, help="head-only warm-up rounds")
-    demo.add_argument("--kernel", default=d.kernel, choices=["output", "sum", "loss"], help="NTK kernel")
-    demo.add_argument("--score-samples", type=int, default=d.score_samples, help="NTK batch size per client")
-    demo.add_argument(
-        "--test-images", type=int, default=d.test_images, help="test images (all their questions)"
-    )
+    demo.add_argument("--seeds", type=int, nargs="+", default=list(DEMO_SEEDS), help="seeds (replicates)")
+    demo.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the split")
     demo.add_argument(
         "--strategies",
         nargs="+",
-        default=list(d.strategies),
-        choices=list(STRATEGIES),
-        help="what to compare",
+        default=list(DEMO_STRATEGIES),
+        help="strategies: f3ocus f3ocus-exact topk random lastk full exact-x<c>",
     )
-    demo.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads per process (1 is steadiest on a busy machine)",
+    demo.add_argument("--out", default="f3ocus-demo", help="output folder (cells, summary, table, plots)")
+    _task_options(demo)
+    study = sub.add_parser(
+        "study",
+        help="the full study: every strategy, 10 seeds, alpha 0.5 and 0.1, tradeoff sweep (resumable)",
+        description=(
+            "Strategies x seeds x heterogeneity levels on the demo task, paired by seed, in worker "
+            "processes; every finished run is saved at once, so re-running the command resumes."
+        ),
+        formatter_class=fmt,
     )
-    demo.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (e.g. --jobs 2)")
-    demo.add_argument(
-        "--quick",
-        action="store_true",
-        help="small defaults (2 rounds, small clients) to check the set-up quickly",
-    )
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    study.add_argument("--seeds", type=int, nargs="+", default=list(STUDY_SEEDS), help="seeds (replicates)")
+    study.add_argument("--out", default="f3ocus-study", help="output folder (resumable)")
+    study.add_argument("--report-only", action="store_true", help="only rewrite the report from the cells")
+    _task_options(study)
     return parser
 
 
-def _config(args: argparse.Namespace):
-    from f3ocus.demo.run import DemoConfig
+def _task(args: argparse.Namespace):
+    from f3ocus.demo.run import TaskConfig
 
     values = {
-        "seeds": tuple(args.seeds),
         "rounds": args.rounds,
         "clients": args.clients,
         "samples_per_client": args.samples_per_client,
-        "alpha": args.alpha,
         "budgets": tuple(args.budgets) if args.budgets else None,
         "local_steps": args.local_steps,
         "batch_size": args.batch_size,
@@ -102,16 +119,16 @@ def _config(args: argparse.Namespace):
         "score_samples": args.score_samples,
         "kernel": args.kernel,
         "solver": args.solver,
-        "strategies": tuple(args.strategies),
         "test_images": args.test_images,
+        "image_size": args.image_size,
         "device": args.device,
     }
     if args.quick:  # --quick changes the defaults; options given explicitly still win
-        defaults = DemoConfig()
+        defaults = TaskConfig()
         for key, value in QUICK.items():
             if values.get(key, getattr(defaults, key)) == getattr(defaults, key):
                 values[key] = value
-    return DemoConfig(**values)
+    return TaskConfig(**values)
 
 
 def _check_device(device: str) -> None:
@@ -129,41 +146,79 @@ def _check_device(device: str) -> None:
         )
 
 
-def _check_solver(solver: str) -> None:
+def _study_config(args: argparse.Namespace):
     from f3ocus import available_solvers
-    from f3ocus._checks import check_choice
+    from f3ocus._checks import check_choice, check_int
+    from f3ocus.demo.study import Block, StudyConfig, default_blocks
 
-    check_choice("--solver", solver, available_solvers())
+    check_choice("--solver", args.solver, available_solvers())
+    _check_device(args.device)
+    check_int("--jobs", args.jobs, low=1)
+    check_int("--threads", args.threads, low=1)
+    task = _task(args)
+    if args.command == "demo":
+        blocks = (Block(args.alpha, tuple(args.strategies)),)
+    else:
+        blocks = default_blocks()
+    return StudyConfig(task, tuple(args.seeds), blocks)
 
 
-def run_demo_command(args: argparse.Namespace) -> int:
-    """Run ``f3ocus demo`` with parsed arguments; returns the exit status."""
-    from f3ocus._checks import check_int
+def demo_verdict(summary: dict) -> str:
+    """The demo's sentence on F³OCUS − top-k (final accuracy), for every alpha where both ran."""
+    lines = []
+    for alpha, block in summary.items():
+        pair = block["pairs"].get("f3ocus - topk")
+        if pair is None:
+            continue
+        d = pair["final"]
+        if d["n"] < 2:
+            lines.append(
+                f"alpha={alpha}: F3OCUS - top-k = {100 * d['mean']:+.1f} points on one seed (no CI)."
+            )
+            continue
+        lines.append(
+            f"alpha={alpha}: F3OCUS - top-k = {100 * d['mean']:+.1f} points, 95% CI "
+            f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] (paired t over {d['n']} seeds), Wilcoxon "
+            f"p = {d['p_wilcoxon']:.3f}: {d['verdict']}."
+        )
+    return "\n".join(lines)
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    """Run ``f3ocus demo`` or ``f3ocus study`` with parsed arguments; returns the exit status."""
     from f3ocus.demo.assets import require_demo_assets
     from f3ocus.errors import MissingExtraError
 
+    name = f"f3ocus {args.command}"
     try:
         require_demo_assets()
-        _check_solver(args.solver)
-        _check_device(args.device)
-        config = _config(args)
-        check_int("--jobs", args.jobs, low=1)
-        check_int("--threads", args.threads, low=1)
+        config = _study_config(args)
     except (MissingExtraError, ValueError, TypeError) as err:
-        print(f"f3ocus demo: error: {err}", file=sys.stderr)
+        print(f"{name}: error: {err}", file=sys.stderr)
         return 2
-    import torch
+    from f3ocus.demo.report import markdown_table, summarize, write_report
+    from f3ocus.demo.study import load_cells, run_study
 
-    torch.set_num_threads(args.threads)
-    from f3ocus.demo.report import markdown_table, write_report
-    from f3ocus.demo.run import run_demo
-
-    results = run_demo(config, progress=not args.no_progress, jobs=args.jobs, threads=args.threads)
-    paths = write_report(results, args.out)
-    print(markdown_table(results))
-    print(f"Finished in {results['seconds']:.0f} s on {results['device']}.")
+    try:
+        if getattr(args, "report_only", False):
+            result = {**load_cells(args.out, config), "seconds": 0.0, "ran": 0}
+        else:
+            result = run_study(
+                config, args.out, jobs=args.jobs, threads=args.threads, progress=not args.no_progress
+            )
+            result = {**load_cells(args.out, config), "seconds": result["seconds"], "ran": result["ran"]}
+    except ValueError as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2
+    paths = write_report(result, args.out)
+    summary = summarize(result["cells"])
+    print(markdown_table(summary, result["task"]))
+    verdict = demo_verdict(summary)
+    if verdict:
+        print(verdict)
+    print(f"Ran {result['ran']} runs in {result['seconds']:.0f} s.")
     for kind, path in paths.items():
-        print(f"  {kind:<14} {path}")
+        print(f"  {kind:<10} {path}")
     return 0
 
 
@@ -174,4 +229,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return run_demo_command(args)
+    return run_study_command(args)

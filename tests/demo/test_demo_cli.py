@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -20,17 +21,24 @@ needs_assets = pytest.mark.skipif(not HAS_ASSETS, reason="needs the demo extra: 
 TINY = [
     "demo",
     "--quick",
+    "--seeds",
+    "0",
+    "1",
     "--rounds",
     "1",
     "--clients",
     "2",
     "--budgets",
+    "1",
     "2",
-    "3",
     "--samples-per-client",
     "16",
     "--test-images",
     "2",
+    "--image-size",
+    "32",
+    "--jobs",
+    "1",
     "--no-progress",
 ]
 
@@ -38,42 +46,33 @@ TINY = [
 @pytest.mark.demo
 @needs_assets
 @pytest.mark.usefixtures("one_thread")
-def test_tiny_demo_writes_table_plots_and_consistent_json(tmp_path, capsys):
+def test_tiny_demo_prints_the_paired_difference_and_writes_the_report(tmp_path, capsys):
     assert main([*TINY, "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    for name in ("results.json", "table.md", "accuracy.png", "plans_f3ocus.png", "plans_random.png"):
+    for name in ("summary.json", "table.md", "accuracy.png", "forest.png", "study.json"):
         assert (tmp_path / name).stat().st_size > 0
     table = (tmp_path / "table.md").read_text()
     assert table in printed
-    for label in ("F³OCUS (NTK + nsga2)", "client-only NTK top-k", "random", "last-k", "full fine-tuning"):
-        assert label in table
-
-    results = json.loads((tmp_path / "results.json").read_text())
-    layers = results["layers"]
-    assert len(layers) == 22 and results["budgets"] == [2, 3]
-    run = results["runs"]["0"]
-    assert set(run["strategies"]) == {"f3ocus", "topk", "random", "lastk", "full"}
-    full_params = sum(results["layer_params"].values())
-    for name, rec in run["strategies"].items():
-        assert len(rec["accuracy"]) == 2 and all(0.0 <= a <= 1.0 for a in rec["accuracy"])
-        assert rec["accuracy"][0] == run["warmup_accuracy"]
-        mask = np.array(rec["plans"][0], dtype=bool)
-        assert mask.shape == (2, 22)
-        params_up = [sum(results["layer_params"][layers[j]] for j in np.flatnonzero(row)) for row in mask]
-        assert rec["params_up"][0] == params_up
-        if name == "full":
-            assert mask.all() and params_up == [full_params, full_params]
-        else:
-            assert mask.sum(axis=1).tolist() == [2, 3]
-    lastk = np.array(run["strategies"]["lastk"]["plans"][0], dtype=bool)
-    assert lastk[0, -2:].all() and lastk[1, -3:].all()
-    # both scored strategies start from the same model, so their round-1 scores are the same numbers
-    s_f3, s_top = (np.array(run["strategies"][s]["scores"][0]) for s in ("f3ocus", "topk"))
-    assert s_f3.shape == (2, 22) and (s_f3 > 0).all() and np.array_equal(s_f3, s_top)
-    topk = np.array(run["strategies"]["topk"]["plans"][0], dtype=bool)
-    for k, b in enumerate([2, 3]):  # client-only top-k: each client's b_k largest scores
-        assert set(np.flatnonzero(topk[k])) == set(np.argsort(-s_top[k])[:b])
-    assert results["summary"]["full"]["trainable_params_per_client"] == full_params
+    assert "F³OCUS (NTK + nsga2) − client-only NTK top-k" in table
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["pairing_problems"] == []
+    d = summary["summary"]["0.5"]["pairs"]["f3ocus - topk"]["final"]
+    sentence = re.search(
+        r"alpha=0.5: F3OCUS - top-k = ([+-][0-9.]+) points, 95% CI \[([+-][0-9.]+), ([+-][0-9.]+)\]"
+        r" \(paired t over 2 seeds\), Wilcoxon p = ([0-9.]+): (.*)\.",
+        printed,
+    )
+    assert sentence is not None, printed
+    assert float(sentence.group(1)) == pytest.approx(100 * d["mean"], abs=0.06)
+    assert float(sentence.group(2)) == pytest.approx(100 * d["low"], abs=0.06)
+    assert sentence.group(5) == d["verdict"]
+    for seed in ("0", "1"):
+        for s in ("f3ocus", "topk"):
+            rec = json.loads((tmp_path / "cells" / "alpha=0.5" / f"seed={seed}" / f"{s}.json").read_text())
+            assert len(rec["accuracy_all"]) == 2 and np.array(rec["plans"][0]).sum(axis=1).tolist() == [1, 2]
+    # the run is resumable: nothing is left to do
+    assert main([*TINY, "--out", str(tmp_path)]) == 0
+    assert "Ran 0 runs" in capsys.readouterr().out
 
 
 def test_missing_demo_extra_names_the_install_command(monkeypatch, capsys):
@@ -82,7 +81,7 @@ def test_missing_demo_extra_names_the_install_command(monkeypatch, capsys):
         MissingExtraError, match=r"'easy_vqa' \(the easy-VQA dataset\).*pip install 'f3ocus\[demo\]'"
     ):
         require_demo_assets()
-    assert main(["demo", "--quick"]) == 2
+    assert main(["demo", "--quick", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "f3ocus demo: error:" in err and "pip install 'f3ocus[demo]'" in err and "easy_vqa" in err
 
@@ -97,12 +96,14 @@ def test_missing_demo_extra_names_the_install_command(monkeypatch, capsys):
         (["--threads", "0"], r"--threads must lie in \[1, inf\], got 0"),
         (["--clients", "2", "--budgets", "1", "2", "3"], r"budgets has 3 entries but clients=2"),
         (["--rounds", "0"], r"rounds must lie in \[1, inf\], got 0"),
+        (["--strategies", "f3ocus", "best"], r"strategies\[...\]='best' is not a valid choice"),
+        (["--seeds", "1", "1"], r"seeds has repeated entries"),
         (["--lr", "-1"], r"lr must be a finite number > 0, got -1.0"),
         (["--device", "nodevice"], r"--device 'nodevice' is not a torch device"),
     ],
 )
-def test_demo_argument_errors(argv, message, capsys):
-    assert main(["demo", *argv]) == 2
+def test_demo_argument_errors(argv, message, capsys, tmp_path):
+    assert main(["demo", *argv, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("f3ocus demo: error:")
     assert __import__("re").search(message, err), err
@@ -121,7 +122,8 @@ def test_cuda_without_a_gpu_is_an_error(capsys):
 
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
-    assert "demo" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "demo" in out and "study" in out
 
 
 def test_python_dash_m_runs_the_command():

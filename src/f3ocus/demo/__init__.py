@@ -14,6 +14,6 @@ against client-only NTK top-k, random and last-k layers, and full fine-tuning.
 The assets come with ``pip install 'f3ocus[demo]'``; importing this package does not need them.
 """
 
-from f3ocus.demo.run import DemoConfig, run_demo
+from f3ocus.demo.run import TaskConfig, run_seed
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["TaskConfig", "run_seed"]

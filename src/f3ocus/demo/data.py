@@ -12,8 +12,10 @@ consecutive parts of sizes $\\approx p_{c,k} n_c$. Small $\\alpha$ gives each cl
 $\\alpha \\to \\infty$ gives every client the pool's distribution. Draws are repeated until every client has
 at least ``min_size`` questions. Client sizes therefore differ; FedAvg weights clients by size.
 
-Test set: ``test_images`` test images drawn uniformly, with all their questions (about 10 per image),
-so that evaluation runs the image encoder once per image (see :func:`f3ocus.demo.train.evaluate`).
+Test set: ``test_images`` test images drawn uniformly, with all their questions (about 9.7 per image;
+110 images give about 1,060 questions), so that evaluation runs the image encoder once per image (see
+:func:`f3ocus.demo.train.evaluate`). :func:`answer_types` tells yes/no answers from the others (shapes
+and colours), whose accuracies are reported separately.
 
 Speed: tokenization is done once for the 107 question strings; images are decoded once.
 """
@@ -29,7 +31,9 @@ from torch import Tensor
 
 from f3ocus._checks import check_int, check_positive_float
 
-__all__ = ["Split", "VQAData", "dirichlet_split", "load_easy_vqa"]
+__all__ = ["Split", "VQAData", "answer_types", "dirichlet_split", "load_easy_vqa"]
+
+YES_NO = ("yes", "no")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +98,12 @@ class VQAData:
         return split.images[split.image_index[index]], self.input_ids[q], self.attention_mask[q]
 
 
+def answer_types(answers: Sequence[str]) -> dict[str, list[int]]:
+    """Answer classes by type: ``"yes/no"`` and ``"other"`` (the shapes and colours)."""
+    yes_no = [c for c, a in enumerate(answers) if a in YES_NO]
+    return {"yes/no": yes_no, "other": [c for c in range(len(answers)) if c not in yes_no]}
+
+
 def dirichlet_split(
     labels: Sequence[int] | np.ndarray,
     num_clients: int,
@@ -149,23 +159,34 @@ def dirichlet_split(
     )
 
 
-def _read_images(paths: Sequence[str]) -> Tensor:
+def _read_images(paths: Sequence[str], size: int = 64) -> Tensor:
     from PIL import Image
 
     arrays = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) for p in paths]
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    if x.shape[-1] != size:  # area averaging: 64 -> 32 averages 2 x 2 pixel blocks
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
     return x / 127.5 - 1.0  # EfficientNet-Lite's input scaling: (x - 127.5) / 127.5
 
 
-def _split(ids, answers, qrows, image_paths, chosen) -> Split:
-    image_ids = sorted({ids[i] for i in chosen})
-    row = {im: r for r, im in enumerate(image_ids)}
+def _split(ids, answers, qrows, image_table, chosen) -> Split:
+    images, row = image_table
     return Split(
-        images=_read_images([image_paths[im] for im in image_ids]),
+        images=images,
         image_index=torch.tensor([row[ids[i]] for i in chosen], dtype=torch.long),
         question_index=torch.tensor([qrows[i] for i in chosen], dtype=torch.long),
         answers=torch.tensor([answers[i] for i in chosen], dtype=torch.long),
     )
+
+
+def _image_table(image_ids, paths, size: int) -> tuple[Tensor, dict[int, int]]:
+    image_ids = sorted(set(image_ids))
+    return _read_images([paths[im] for im in image_ids], size), {im: r for r, im in enumerate(image_ids)}
+
+
+def _questions_of_images(ids: Sequence[int], images: Sequence[int]) -> list[int]:
+    chosen = set(images)
+    return [i for i, im in enumerate(ids) if im in chosen]
 
 
 def load_easy_vqa(
@@ -174,17 +195,25 @@ def load_easy_vqa(
     num_clients: int = 5,
     samples_per_client: int = 64,
     alpha: float = 0.5,
-    test_images: int = 40,
+    test_images: int = 110,
+    image_size: int = 64,
     seed: int = 0,
 ) -> VQAData:
     """Load easy-VQA, split a training pool non-IID over clients and draw a test split.
+
+    The training pool is drawn by images: train images in random order, with all their questions, until
+    the pool has ``num_clients * samples_per_client`` questions. All clients share the pool's image table
+    (:attr:`Split.images` is one tensor), so encoder features of the pool can be computed once per round
+    and reused by every client that does not train that encoder (:func:`f3ocus.demo.train.local_train`).
 
     Args:
         tokenizer: A ``transformers`` tokenizer for the text encoder.
         num_clients: Number of clients $K$.
         samples_per_client: Mean client size; the pool has ``K * samples_per_client`` questions.
         alpha: Dirichlet concentration of the split (:func:`dirichlet_split`).
-        test_images: Number of test images; all their questions form the test split.
+        test_images: Number of test images; all their questions form the test split (about 9.7 per image).
+        image_size: Side of the images given to the model: 64 (easy-VQA's own) or smaller, by area
+            averaging (32 makes the image encoder about twice as fast).
         seed: Seed of every draw (pool, split, test images).
 
     Returns:
@@ -195,6 +224,7 @@ def load_easy_vqa(
     num_clients = check_int("num_clients", num_clients, low=1)
     samples_per_client = check_int("samples_per_client", samples_per_client, low=2)
     test_images = check_int("test_images", test_images, low=1, high=1000)
+    image_size = check_int("image_size", image_size, low=8, high=64)
     rng = np.random.default_rng(seed)
 
     answer_names = list(easy_vqa.get_answers())
@@ -205,22 +235,26 @@ def load_easy_vqa(
     qrow = {q: r for r, q in enumerate(questions)}
     tokens = tokenizer(questions, padding=True, return_tensors="pt")
 
-    pool_size = min(num_clients * samples_per_client, len(train_q))
-    pool = rng.choice(len(train_q), size=pool_size, replace=False)
+    per_image = np.bincount(np.asarray(train_ids))
+    order = rng.permutation(np.flatnonzero(per_image))
+    want = min(num_clients * samples_per_client, len(train_q))
+    taken = int(np.searchsorted(np.cumsum(per_image[order]), want)) + 1
+    pool = np.array(_questions_of_images(train_ids, order[:taken].tolist()))
+    pool = rng.permutation(pool)
     pool_labels = np.array([cls[train_a[i]] for i in pool])
     parts = dirichlet_split(pool_labels, num_clients, alpha, rng, min_size=max(2, samples_per_client // 4))
-    train_paths = easy_vqa.get_train_image_paths()
+    table = _image_table([train_ids[i] for i in pool], easy_vqa.get_train_image_paths(), image_size)
     train_rows = [qrow[q] for q in train_q]
     train_cls = [cls[a] for a in train_a]
-    clients = [_split(train_ids, train_cls, train_rows, train_paths, pool[part]) for part in parts]
+    clients = [_split(train_ids, train_cls, train_rows, table, np.sort(pool[part])) for part in parts]
 
-    chosen_images = set(rng.choice(sorted(set(test_ids)), size=test_images, replace=False).tolist())
-    test_idx = [i for i, im in enumerate(test_ids) if im in chosen_images]
+    chosen_images = rng.choice(sorted(set(test_ids)), size=test_images, replace=False).tolist()
+    test_idx = _questions_of_images(test_ids, chosen_images)
     test = _split(
         test_ids,
         [cls[a] for a in test_a],
         [qrow[q] for q in test_q],
-        easy_vqa.get_test_image_paths(),
+        _image_table([test_ids[i] for i in test_idx], easy_vqa.get_test_image_paths(), image_size),
         test_idx,
     )
     return VQAData(

