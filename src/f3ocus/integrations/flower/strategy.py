@@ -20,7 +20,6 @@ every round and :meth:`F3ocusStrategy.resume` continues from them.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 from pathlib import Path
@@ -31,20 +30,19 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from f3ocus._checks import check_choice, check_int, check_positive_float, describe
 from f3ocus.integrations.flower import protocol as P
+from f3ocus.integrations.flower.accounting import AccountingMixin
 from f3ocus.integrations.flower.compose import _DP_CLIENT, _DP_SERVER, Update, aggregate_masked, compose
-from f3ocus.integrations.flower.memory import PlanMemory, least_covered, load_saved, save_round
+from f3ocus.integrations.flower.memory import PlanMemory, load_saved, save_round
 from f3ocus.integrations.flower.record import RoundRecord
+from f3ocus.integrations.flower.selection import SelectionMixin
 from f3ocus.integrations.flower.traffic import message_nbytes, nbytes_with_content
 from f3ocus.integrations.flower.validate import (
     InvalidReply,
     clean_metrics,
     read_arrays,
-    read_budget,
-    read_scores,
     read_weight,
     reply_metrics,
     reply_node,
@@ -53,7 +51,7 @@ from f3ocus.integrations.flower.validate import (
 __all__ = ["F3ocusStrategy"]
 
 
-class F3ocusStrategy(Strategy):
+class F3ocusStrategy(SelectionMixin, AccountingMixin, Strategy):
     """Wrap a Flower Message-API strategy so that each client trains only its selected layers.
 
     Args:
@@ -163,52 +161,8 @@ class F3ocusStrategy(Strategy):
     def _array_key(self) -> str:
         return getattr(self.composition.aggregator, "arrayrecord_key", "arrays")
 
-    def _server_int(self, name: str, value: Any, node: int) -> int:
-        if callable(value):
-            return check_int(f"{name}({node})", value(node), low=1)
-        return int(value)
-
-    def _budget_for(self, node: int, reported: int | None) -> int:
-        b = reported if reported is not None else self._server_int("budget", self.budget, node)
-        if self.max_budget is not None:
-            b = min(b, self._server_int("max_budget", self.max_budget, node))
-        return max(1, min(int(b), len(self.layer_map)))
-
     def _warn(self, node: int, what: str, reason: str) -> None:
         log(WARNING, "f3ocus: round %d, node %d: %s (%s)", self._round.get("round", 0), node, what, reason)
-
-    def _count(self, node: int, down: int = 0, up: int = 0, fed_down: int = 0, fed_up: int = 0) -> None:
-        r = self._round
-        for key, n in (("down", down), ("up", up), ("fed_down", fed_down), ("fed_up", fed_up)):
-            r[key][node] = r[key].get(node, 0) + n
-
-    def _count_pending(self) -> None:
-        """Count the messages sent since the last call (after sending: with the ids the grid gave)."""
-        for msg, inner_content in getattr(self, "_pending", []):
-            node = msg.metadata.dst_node_id
-            self._count(node, down=message_nbytes(msg), fed_down=nbytes_with_content(msg, inner_content))
-        self._pending = []
-
-    def _harvest(self, node: int, content: Any, server_round: int) -> None:
-        """Remember the valid scores and budget a reply carries; note why they are unusable if not."""
-        try:
-            found = read_scores(content, self._layers)
-        except InvalidReply as err:
-            self.memory.scores.pop(node, None)
-            self._score_problems[node] = f"invalid scores: {err}"
-            self._warn(node, "scores rejected, it gets the fallback next selection", str(err))
-            return
-        if found is None:
-            return
-        scores, raw_budget = found
-        budget = None
-        if raw_budget is not None:
-            try:
-                budget = read_budget(raw_budget, len(self.layer_map))
-            except InvalidReply as err:
-                self._warn(node, "budget ignored, the server's applies", str(err))
-        self.memory.scores[node] = (server_round, scores, budget)
-        self._score_problems.pop(node, None)
 
     def _sent_ids(self, messages: Iterable[Message]) -> dict[str, int]:
         return {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
@@ -245,78 +199,6 @@ class F3ocusStrategy(Strategy):
             self.score_with,
         )
         log(INFO, "\t\t└── aggregation: %s", self.composition.describe())
-
-    # -- selection -----------------------------------------------------------------------------
-    def _query(self, server_round: int, arrays: ArrayRecord, nodes: list[int], grid: Grid) -> None:
-        config = ConfigRecord({"server-round": server_round, P.LAYERS_KEY: self._layers})
-        messages = [
-            Message(
-                RecordDict({"arrays": arrays, "config": config}),
-                dst_node_id=node,
-                message_type=P.QUERY_TYPE,
-                group_id=str(server_round),
-            )
-            for node in nodes
-        ]
-        replies = list(grid.send_and_receive(messages, timeout=self.query_timeout))
-        for m in messages:  # counted once sent: the grid gives each message its id
-            self._count(m.metadata.dst_node_id, down=message_nbytes(m))
-        sent = self._sent_ids(messages)
-        for reply in replies:
-            node = reply_node(reply, sent)
-            self._count(node, up=message_nbytes(reply))
-            if reply.has_error():
-                self._score_problems[node] = f"error reply to the score query: {reply.error.reason}"
-                self._warn(node, "no scores", self._score_problems[node])
-            else:
-                self._harvest(node, reply.content, server_round)
-        for node in nodes:
-            if node not in self.memory.scores:
-                self._score_problems.setdefault(node, "no reply to the score query")
-
-    def _select(self, server_round: int, nodes: list[int]) -> tuple[dict[int, list[str]], dict[int, str]]:
-        from f3ocus import select_layers
-
-        ok = [n for n in nodes if n in self.memory.scores]
-        reasons = {n: self._score_problems.get(n, "no scores yet") for n in nodes if n not in ok}
-        if not ok:
-            return {}, reasons
-        budgets = [self._budget_for(n, self.memory.scores[n][2]) for n in ok]
-        start = time.perf_counter()
-        try:
-            assignment = select_layers(
-                [self.memory.scores[n][1] for n in ok],
-                budgets,
-                solver=self.solver,
-                tradeoff=self.tradeoff,
-                normalize=self.normalize,
-                seed=self.seed + server_round,
-                **self.solver_options,
-            )
-        except Exception as err:  # a failed selection must not break the round
-            log(
-                WARNING,
-                "f3ocus: select_layers failed (%s: %s); every client gets the fallback",
-                type(err).__name__,
-                err,
-            )
-            return {}, {n: f"select_layers failed: {type(err).__name__}" for n in nodes}
-        r = self._round
-        r["solver_seconds"] = time.perf_counter() - start
-        r["importance"], r["diversity"] = float(assignment.importance), float(assignment.diversity)
-        r["score_rounds"] = {n: self.memory.scores[n][0] for n in ok}
-        return {n: list(assignment.layers[i]) for i, n in enumerate(ok)}, reasons
-
-    def _fallback_plan(self, node: int, counts: dict[str, int], server_round: int) -> list[str] | None:
-        if self.fallback == "skip":
-            return None
-        if self.fallback == "all":
-            return self._layers
-        reported = self.memory.scores.get(node, (0, {}, None))[2]
-        b = self._budget_for(node, reported)
-        return least_covered(
-            self._layers, b, counts, self.memory.coverage, server_round, self.fallback_window
-        )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -436,29 +318,6 @@ class F3ocusStrategy(Strategy):
             self._save(rnd, new if new is not None else self._global)
         return new, metrics if updates else None
 
-    def _train_metrics(self, contents: list[RecordDict], wkey: str, info: dict[str, Any]) -> MetricRecord:
-        aggr = getattr(self.composition.aggregator, "train_metrics_aggr_fn", None) or aggregate_metricrecords
-        try:
-            metrics = aggr(contents, wkey) if contents else MetricRecord()
-        except Exception as err:  # metrics must not break the round
-            log(WARNING, "f3ocus: could not aggregate train metrics: %s", err)
-            metrics = MetricRecord()
-        r = self._round
-        up, fed_up = sum(r["up"].values()), sum(r["fed_up"].values())
-        down, fed_down = sum(r["down"].values()), sum(r["fed_down"].values())
-        metrics["f3ocus-clients"] = len(contents)
-        metrics["f3ocus-failed-clients"] = len(r["failed"])
-        metrics["f3ocus-fallback-clients"] = len(r["fallback"])
-        for layer, n in info["coverage"].items():
-            metrics[f"f3ocus-coverage:{layer}"] = int(n)
-        if r["importance"] is not None:
-            metrics["f3ocus-importance"], metrics["f3ocus-diversity"] = r["importance"], r["diversity"]
-            metrics["f3ocus-solver-seconds"] = float(r["solver_seconds"])
-        metrics["f3ocus-bytes-up"], metrics["f3ocus-bytes-down"] = int(up), int(down)
-        metrics["f3ocus-fedavg-bytes-up"], metrics["f3ocus-fedavg-bytes-down"] = int(fed_up), int(fed_down)
-        metrics["f3ocus-up-fraction"] = up / fed_up if fed_up else 0.0
-        return metrics
-
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -511,45 +370,6 @@ class F3ocusStrategy(Strategy):
         if counting:
             self._close_round()
         return result
-
-    def _close_round(self) -> None:
-        r, info = self._round, self._round.get("info", {})
-        record = RoundRecord(
-            round=r["round"],
-            selected=bool(r.get("selected", False)),
-            plan={int(n): list(p) for n, p in r.get("plan", {}).items()},
-            planned_coverage=dict(r.get("planned", {})),
-            coverage=dict(info.get("coverage", {})),
-            importance=r["importance"],
-            diversity=r["diversity"],
-            solver_seconds=float(r["solver_seconds"]),
-            score_rounds=dict(r["score_rounds"]),
-            fallback=dict(r.get("fallback", {})),
-            failed=dict(r["failed"]),
-            kept=dict(info.get("kept", {})),
-            noise_std=dict(info.get("noise_std", {})),
-            bytes_up=dict(r["up"]),
-            bytes_down=dict(r["down"]),
-            fedavg_bytes_up=dict(r["fed_up"]),
-            fedavg_bytes_down=dict(r["fed_down"]),
-        )
-        self.history[record.round] = record
-        s = record.stats
-        log(
-            INFO,
-            "f3ocus: round %d traffic: up %d B, down %d B; full FedAvg: up %d B, down %d B; ratio %.3f; "
-            "per node (up, down): %s",
-            record.round,
-            s["bytes_up"],
-            s["bytes_down"],
-            s["fedavg_bytes_up"],
-            s["fedavg_bytes_down"],
-            s["bytes_ratio"],
-            {n: (record.bytes_up.get(n, 0), record.bytes_down.get(n, 0)) for n in record.bytes_down},
-        )
-        log(INFO, "f3ocus: round %d coverage %s, failed %s", record.round, record.coverage, record.failed)
-        if self.save_dir is not None:
-            self._save(record.round, None)
 
     # -- saving --------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
