@@ -50,3 +50,38 @@ def tiny_problems(draw, exact_budget=None, max_k: int = 3, max_l: int = 5) -> Se
 
 
 tradeoffs = st.sampled_from([0.0, 0.01, 0.1, 0.5, 1.0, 3.0, 30.0])
+
+
+def constrained_problem(K: int, L: int, seed: int, kinds) -> SelectionProblem:  # noqa: N803
+    """A seeded problem with the constraints named in ``kinds`` (``"costs"``, ``"required"``, ``"allowed"``,
+    ``"coverage"``, ``"churn"``, ``"agree"``, ``"at_most"``); it may have no feasible plan."""
+    rng = np.random.default_rng(seed)
+    S = rng.lognormal(0.0, 1.5, (K, L))  # noqa: N806
+    S = S / S.sum(axis=1, keepdims=True)  # noqa: N806
+    kw = {}
+    exact = "at_most" not in kinds and "costs" not in kinds
+    budgets = rng.integers(1, L + 1, size=K)
+    if "required" in kinds:
+        req = np.zeros((K, L), dtype=bool)
+        req[:, L - 1] = True
+        kw["required"] = req
+        budgets = np.maximum(budgets, 1)
+    if "allowed" in kinds:
+        allowed = rng.random((K, L)) > 0.2
+        allowed[:, L - 1] = True
+        kw["allowed"] = allowed
+        if exact:
+            budgets = np.minimum(budgets, allowed.sum(axis=1))
+    if "costs" in kinds:
+        costs = rng.integers(1, 6, size=L).astype(float)
+        kw["costs"] = costs
+        kw["capacities"] = np.maximum(rng.uniform(0.2, 0.7, K) * costs.sum(), costs[L - 1] + costs.min())
+        budgets = np.full(K, L)
+    if "coverage" in kinds:
+        kw["min_coverage"] = (rng.random(L) < 0.5).astype(np.int64)
+    if "churn" in kinds:
+        kw["previous"] = rng.random((K, L)) < 0.4
+        kw["churn_penalty"] = float(rng.choice([0.01, 0.1]))
+    if "agree" in kinds:
+        kw["coupling"] = "agree"
+    return SelectionProblem(S, budgets, exact, **kw)

@@ -155,7 +155,8 @@ def as_coverage(value: Any, K: int, L: int, names: Sequence[str] | None) -> np.n
     array = np.asarray(value)
     if array.shape != (L,):
         raise ValueError(f"min_coverage must be an int or one int per layer (L={L}), got shape {array.shape}.")
-    return np.array([_count(f"min_coverage[{j}]", v, K) for j, v in enumerate(array.tolist())], dtype=np.int64)
+    items = list(value) if array.dtype == object or isinstance(value, (list, tuple)) else array.tolist()
+    return np.array([_count(f"min_coverage[{j}]", v, K) for j, v in enumerate(items)], dtype=np.int64)
 
 
 def _count(argname: str, v: Any, K: int) -> int:  # noqa: N803

@@ -23,6 +23,7 @@ The result carries the best plan, its value and the proven bound (``gap = (bound
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,7 +124,7 @@ def mip_optimum(
         sel: the problem (any constraints, either coupling).
         tradeoff: $t \ge 0$.
         gap: stop when the best plan is within this relative gap of the proven bound.
-        time_limit: seconds for each program (``None``: no limit); the bound stays valid when it is hit.
+        time_limit: seconds in all (``None``: no limit); the bound stays valid when it is hit.
         max_rounds: cap on the cutting-plane rounds (spread coupling).
         start: a feasible plan whose total fixes the first tangents (default: the greedy by score per cost).
 
@@ -170,45 +171,72 @@ def mip_optimum(
     return _spread(sel, t, gap, time_limit, max_rounds, start, const)
 
 
+def _climb(sel: SelectionProblem, t: float, plan: np.ndarray) -> np.ndarray:
+    from f3ocus.selection.solvers._moves import polish
+
+    return polish(sel, t, plan)[0]
+
+
+def _incumbent(sel: SelectionProblem, t: float) -> np.ndarray:
+    """A good feasible start: the marginal-gain greedy, climbed by single moves and exchanges."""
+    from f3ocus.selection.heuristics import greedy_plan
+
+    return _climb(sel, t, greedy_plan(sel, t))
+
+
 def _spread(sel, t, gap, time_limit, max_rounds, start, const) -> MipResult:
+    started = time.perf_counter()
     K, L = sel.K, sel.L  # noqa: N806
     n_x = K * L
-    A0, lo0, hi0, lb, ub, integrality = _base(sel, L)  # noqa: N806
-    z0 = n_x + L
-    c = np.concatenate([-sel.linear.ravel(), np.zeros(L), np.full(L, t / L)])
+    A0, lo0, hi0, lb, ub, integrality = _base(sel, L + 1)  # noqa: N806
+    z0, n_tot = n_x + L, n_x + 2 * L  # z_l, then the total N = sum_l n_l
+    c = np.concatenate([-sel.linear.ravel(), np.zeros(L), np.full(L, t / L), [0.0]])
+    total_row = sp.csr_matrix(
+        (np.concatenate([np.ones(L), [-1.0]]), (np.zeros(L + 1, np.int64), np.r_[n_x + np.arange(L), n_tot])),
+        shape=(1, A0.shape[1]),
+    )
+    A0 = sp.vstack([A0, total_row], format="csr")  # noqa: N806
+    lo0, hi0 = np.r_[lo0, 0.0], np.r_[hi0, 0.0]
     n_lo, n_hi = lb[n_x:z0].astype(int), ub[n_x:z0].astype(int)
-    if start is None:
-        from f3ocus.selection.plans import topk_plan
-
-        start = topk_plan(sel)
-    total = float(np.asarray(start).sum()) if np.asarray(start).size else 0.0
+    start = _incumbent(sel, t) if start is None else np.asarray(start, dtype=bool)
+    start_value = float(sel.scalarized(start, t))
+    # tangents every h on the range of u_l = n_l - N / L; the outer approximation is then off by at
+    # most t h^2 / 4 in all (exact on the grid j - N_0 / L of the start's total N_0)
+    h = 1.0 if sel.exact_budget else min(1.0, math.sqrt(gap * max(abs(start_value), 1e-12) / max(t, 1e-300)))
+    steps = max(1, min(8, math.ceil(1.0 / h)))
+    total = float(start.sum())
     tangents: list[set[float]] = [set() for _ in range(L)]
     for lay in range(L):
         for j in range(n_lo[lay], n_hi[lay] + 1):
-            tangents[lay].add(round(j - total / L, 12))
+            for i in range(steps):
+                tangents[lay].add(round(j + i / steps - total / L, 12))
     cut_rows: list[sp.csr_matrix] = []
 
     def cuts(pairs):
-        """Rows 2 u0 n_l - (2 u0 / L) sum n - z_l <= u0^2 for (layer, u0) pairs."""
+        """Rows 2 u0 n_l - (2 u0 / L) N - z_l <= u0^2 for (layer, u0) pairs."""
         pairs = list(pairs)
         m = len(pairs)
         lay = np.array([p[0] for p in pairs], dtype=np.int64)
         u0 = np.array([p[1] for p in pairs])
-        rows = np.concatenate([np.repeat(np.arange(m), L), np.arange(m), np.arange(m)])
-        cols = np.concatenate([np.tile(n_x + np.arange(L), m), n_x + lay, z0 + lay])
-        vals = np.concatenate([np.repeat(-2.0 * u0 / L, L), 2.0 * u0, -np.ones(m)])
+        rows = np.concatenate([np.arange(m), np.arange(m), np.arange(m)])
+        cols = np.concatenate([np.full(m, n_tot), n_x + lay, z0 + lay])
+        vals = np.concatenate([-2.0 * u0 / L, 2.0 * u0, -np.ones(m)])
         return sp.csr_matrix((vals, (rows, cols)), shape=(m, A0.shape[1])), u0**2
 
     first, rhs = cuts((lay, u) for lay in range(L) for u in sorted(tangents[lay]))
     cut_rows.append(first)
     rhs_all = [rhs]
-    best_plan, best_value, bound, status = None, -math.inf, math.inf, "optimal"
+    best_plan, best_value, bound, status = start, start_value, math.inf, "optimal"
     rounds = 0
     for rounds in range(1, max_rounds + 1):  # noqa: B007
         A = sp.vstack([A0, *cut_rows], format="csr")  # noqa: N806
         lo = np.concatenate([lo0, np.full(A.shape[0] - A0.shape[0], -np.inf)])
         hi = np.concatenate([hi0, *rhs_all])
-        res = _solve(c, A, lo, hi, lb, ub, integrality, time_limit, gap / 4)
+        left = None if time_limit is None else time_limit - (time.perf_counter() - started)
+        if left is not None and left <= 0:
+            status = "time limit"
+            break
+        res = _solve(c, A, lo, hi, lb, ub, integrality, left, gap / 2)
         if res.x is None:
             if res.status == 2:
                 raise _infeasible(sel)
@@ -216,9 +244,11 @@ def _spread(sel, t, gap, time_limit, max_rounds, start, const) -> MipResult:
         if res.status != 0:
             status = "time limit"
         plan = res.x[:n_x].reshape(K, L) > 0.5
-        value = float(sel.scalarized(plan, t))
-        if value > best_value:
-            best_plan, best_value = plan, value
+        climbed = _climb(sel, t, plan)
+        for cand in (plan, climbed):
+            value = float(sel.scalarized(cand, t))
+            if value > best_value:
+                best_plan, best_value = cand, value
         bound = min(bound, -float(res.mip_dual_bound) + const)
         if bound - best_value <= gap * max(abs(best_value), 1e-12) or status != "optimal":
             break

@@ -43,8 +43,25 @@ def _row_options(L: int, b: int, exact: bool) -> np.ndarray:  # noqa: N803
     return np.array(rows, dtype=bool).reshape(-1, L)
 
 
+def _constrained_rows(problem: SelectionProblem, k: int) -> np.ndarray:
+    """Every row of client ``k`` that keeps its own constraints (budget or capacity, required, allowed)."""
+    exact = problem.exact_budget
+    b = int(problem.budgets[k])
+    rows = _row_options(problem.L, b, exact) if problem.costs is None else _row_options(problem.L, problem.L, False)
+    if problem.costs is not None:
+        rows = rows[rows.astype(np.float64) @ problem.costs <= problem.capacities[k] * (1 + 1e-12) + 1e-9]
+    rows = rows[np.all(rows | ~problem.required_mask[k], axis=1) & np.all(~rows | problem.allowed_mask[k], axis=1)]
+    return rows
+
+
 def count_plans(problem: SelectionProblem) -> int:
-    """Number of feasible plans: $\\prod_k \\binom{L}{b_k}$, or $\\prod_k \\sum_{j \\le b_k} \\binom{L}{j}$."""
+    """Number of plans whose rows keep their constraints: $\\prod_k \\binom{L}{b_k}$, or
+    $\\prod_k \\sum_{j \\le b_k} \\binom{L}{j}$ without constraints (coverage is checked after)."""
+    if not problem.plain:
+        total = 1
+        for k in range(problem.K):
+            total *= len(_constrained_rows(problem, k))
+        return total
     total = 1
     for b in problem.budgets.tolist():
         total *= math.comb(problem.L, b) if problem.exact_budget else sum(math.comb(problem.L, j) for j in range(b + 1))
@@ -62,15 +79,29 @@ def enumerate_plans(problem: SelectionProblem) -> np.ndarray:
         raise ValueError(
             f"problem has {n} feasible plans, more than MAX_PLANS={MAX_PLANS}; brute force is for tiny instances."
         )
-    options = [_row_options(problem.L, int(b), problem.exact_budget) for b in problem.budgets]
+    if problem.plain:
+        options = [_row_options(problem.L, int(b), problem.exact_budget) for b in problem.budgets]
+    else:
+        options = [_constrained_rows(problem, k) for k in range(problem.K)]
+    if any(len(o) == 0 for o in options):
+        return np.zeros((0, problem.K, problem.L), dtype=bool)
     grids = np.meshgrid(*[np.arange(len(o)) for o in options], indexing="ij")
     idx = [g.ravel() for g in grids]
-    return np.stack([options[k][idx[k]] for k in range(problem.K)], axis=1)
+    plans = np.stack([options[k][idx[k]] for k in range(problem.K)], axis=1)
+    if problem.min_coverage is not None:
+        plans = plans[np.all(problem.counts(plans) >= problem.min_coverage, axis=-1)]
+    return plans
 
 
 def brute_force_optimum(problem: SelectionProblem, tradeoff: float) -> np.ndarray:
-    """The first enumerated plan that maximizes importance - tradeoff * diversity."""
+    """The first enumerated feasible plan that maximizes benefit - tradeoff * diversity.
+
+    Raises:
+        ValueError: no plan meets the constraints.
+    """
     plans = enumerate_plans(problem)
+    if len(plans) == 0:
+        raise ValueError("no plan meets the constraints.")
     return plans[int(np.argmax(problem.scalarized(plans, tradeoff)))]
 
 
@@ -122,7 +153,7 @@ def brute_force_front(problem: SelectionProblem) -> tuple[np.ndarray, np.ndarray
     """Objective vectors ``(importance, diversity)`` of the whole Pareto front and of its supported
     extreme points, each ``(P, 2)``, unique and sorted by importance descending."""
     plans = enumerate_plans(problem)
-    imp, div = problem.importance(plans), problem.diversity(plans)
+    imp, div = problem.benefit(plans), problem.diversity(plans)
     pareto = pareto_mask(np.column_stack([-imp, div]))
     supported = supported_mask(imp, div)
 

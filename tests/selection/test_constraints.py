@@ -1,0 +1,202 @@
+"""Client constraints: exact solvers against brute force, every solver feasible, the flow where claimed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from selection_cases import constrained_problem
+
+from f3ocus import select_layers
+from f3ocus.selection import mip as mip_module
+from f3ocus.selection.exact import solve_exact
+from f3ocus.selection.gains import add_gains, remove_losses
+from f3ocus.selection.plans import fill, random_plan, repair, topk_plan
+from f3ocus.selection.problem import SelectionProblem
+from f3ocus.selection.reference import brute_force_optimum, enumerate_plans
+from f3ocus.selection.solvers._moves import _best_single_moves, draw_out_slots, move_gains, pair_exchanges
+
+KINDS = ["costs", "required", "allowed", "coverage", "churn", "agree", "at_most"]
+
+
+@st.composite
+def constrained(draw, max_k: int = 3, max_l: int = 4):
+    """A tiny problem with a random subset of the constraints that has at least one feasible plan."""
+    kinds = draw(st.sets(st.sampled_from(KINDS)))
+    seed = draw(st.integers(0, 2**32 - 1))
+    K, L = draw(st.integers(1, max_k)), draw(st.integers(1, max_l))  # noqa: N806
+    sel = constrained_problem(K, L, seed, kinds)
+    assume(len(enumerate_plans(sel)) > 0)
+    return sel
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(sel=constrained(), t=st.sampled_from([0.0, 0.1, 1.0, 5.0]))
+def test_exact_matches_brute_force_for_every_constraint_combination(sel, t):
+    plan, info = solve_exact(sel, t)
+    assert sel.is_feasible(plan)
+    best = float(sel.scalarized(brute_force_optimum(sel, t), t))
+    value = float(sel.scalarized(plan, t))
+    assert value >= best - 1e-6 * max(1.0, abs(best)) - (info.get("gap", 0.0) * max(1.0, abs(best)))
+    assert info["method"] == ("flow" if sel.flow_applies else "mip")
+    if info["method"] == "mip":
+        assert info["bound"] >= best - 1e-6 * max(1.0, abs(best))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(sel=constrained(), t=st.sampled_from([0.1, 1.0]))
+def test_mip_matches_brute_force_also_where_the_flow_applies(sel, t):
+    res = mip_module.mip_optimum(sel, t, gap=1e-9)
+    best = float(sel.scalarized(brute_force_optimum(sel, t), t))
+    assert sel.is_feasible(res.plan)
+    assert res.value == pytest.approx(best, rel=1e-6, abs=1e-9)
+    assert res.bound >= best - 1e-6 * max(1.0, abs(best))
+
+
+def test_flow_is_used_exactly_where_claimed(monkeypatch):
+    calls = []
+    real = mip_module.mip_optimum
+    monkeypatch.setattr(mip_module, "mip_optimum", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for i, kinds in enumerate([{"required", "allowed", "coverage", "churn"}, {"at_most", "coverage"}, set()]):
+        sel = constrained_problem(3, 4, i, kinds)
+        assert sel.flow_applies
+        solve_exact(sel, 0.5)
+    assert calls == []
+    for i, kinds in enumerate([{"costs"}, {"agree"}, {"agree", "required"}]):
+        sel = constrained_problem(3, 4, i, kinds)
+        assert not sel.flow_applies
+        solve_exact(sel, 0.5)
+    assert len(calls) == 3
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(sel=constrained(), seed=st.integers(0, 2**16))
+def test_decoder_random_plans_and_repair_are_feasible(sel, seed):
+    rng = np.random.default_rng(seed)
+    assert np.all(sel.is_feasible(random_plan(sel, rng, n=5)))
+    assert np.all(sel.is_feasible(fill(rng.random((4, sel.K, sel.L)), sel, rng)))
+    assert np.all(sel.is_feasible(repair(rng.random((4, sel.K, sel.L)) < 0.5, sel, rng)))
+    assert sel.is_feasible(topk_plan(sel))
+    feasible = enumerate_plans(sel)[0]
+    np.testing.assert_array_equal(repair(feasible, sel, rng), feasible)  # feasible plans stay
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(sel=constrained(), seed=st.integers(0, 2**16), t=st.sampled_from([0.0, 0.3, 2.0]))
+def test_move_and_exchange_gains_match_full_evaluation(sel, seed, t):
+    rng = np.random.default_rng(seed)
+    masks = random_plan(sel, rng, n=6)
+    counts = masks.sum(axis=1)
+    k = rng.integers(sel.K, size=6)
+    a = draw_out_slots(sel, masks, k, rng)
+    gains = move_gains(sel, t, masks, counts, k, a)
+    for p in range(6):
+        for c in range(sel.L + 1):
+            new = masks[p].copy()
+            if a[p] < sel.L:
+                new[k[p], a[p]] = False
+            if c < sel.L:
+                new[k[p], c] = True
+            ok = (c == a[p]) or ((c == sel.L or not masks[p, k[p], c]) and (a[p] < sel.L or c < sel.L))
+            if np.isfinite(gains[p, c]):
+                assert ok and sel.is_feasible(new)
+                delta = float(sel.scalarized(new, t) - sel.scalarized(masks[p], t))
+                assert gains[p, c] == pytest.approx(delta, abs=1e-9)
+    k2 = rng.integers(sel.K, size=6)
+    g, la, lc = pair_exchanges(sel, masks, k, k2)
+    for p in np.flatnonzero(np.isfinite(g) & (k != k2)):
+        new = masks[p].copy()
+        new[k[p], la[p]], new[k[p], lc[p]], new[k2[p], lc[p]], new[k2[p], la[p]] = False, True, False, True
+        assert sel.is_feasible(new)
+        assert g[p] == pytest.approx(float(sel.scalarized(new, t) - sel.scalarized(masks[p], t)), abs=1e-9)
+    g, kk, src, dst = _best_single_moves(sel, t, masks, counts)
+    for p in np.flatnonzero(np.isfinite(g)):
+        new = masks[p].copy()
+        if src[p] < sel.L:
+            new[kk[p], src[p]] = False
+        if dst[p] < sel.L:
+            new[kk[p], dst[p]] = True
+        assert sel.is_feasible(new)
+        assert g[p] == pytest.approx(float(sel.scalarized(new, t) - sel.scalarized(masks[p], t)), abs=1e-9)
+
+
+def test_add_and_remove_terms_of_both_couplings():
+    for coupling in ("spread", "agree"):
+        sel = SelectionProblem(np.full((4, 3), 0.25), np.full(4, 1), False, coupling=coupling)
+        n = np.array([1.0, 2.0, 0.0])
+        sign = 1.0 if coupling == "spread" else -1.0
+        np.testing.assert_allclose(add_gains(sel, 1.0, np.zeros(3), n), -sign * (2 * n + 1) / 3)
+        np.testing.assert_allclose(remove_losses(sel, 1.0, np.zeros(3), n), sign * (1 - 2 * n) / 3)
+
+
+SOLVERS = ["nsga2", "ga", "pso", "de", "sa", "abc", "aco", "mopso", "topk", "random", "exact"]
+FAST = {
+    "nsga2": dict(pop_size=20, n_gen=15), "ga": dict(pop_size=20, n_gen=15), "pso": dict(pop_size=10, n_gen=15),
+    "de": dict(pop_size=10, n_gen=15), "sa": dict(n_iter=100), "abc": dict(n_cycles=40), "aco": dict(n_gen=5),
+    "mopso": dict(pop_size=10, n_gen=10),
+}
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("kinds", [("costs", "required", "allowed", "coverage", "churn"), ("at_most", "coverage",
+                                   "allowed"), ("agree", "required"), ("required", "allowed", "churn")])
+def test_every_solver_returns_feasible_plans_under_constraints(solver, kinds):
+    sel = constrained_problem(8, 6, 3, set(kinds))
+    for tradeoff in (0.5, None) if solver in ("nsga2", "mopso") else (0.5,):
+        plan = select_layers(
+            sel.scores, sel.capacities if sel.costs is not None else sel.budgets, solver=solver, tradeoff=tradeoff,
+            seed=0, normalize="none", exact_budget=None if sel.costs is not None else sel.exact_budget,
+            costs=sel.costs, required=sel.required, allowed=sel.allowed, min_coverage=sel.min_coverage,
+            previous=sel.previous, churn_penalty=sel.churn_penalty, coupling=sel.coupling, **FAST.get(solver, {}),
+        )
+        assert sel.is_feasible(plan.mask)
+        if plan.front is not None:
+            assert np.all(sel.is_feasible(plan.front.masks))
+
+
+def test_required_outside_the_budget_adds_to_it():
+    S = np.random.default_rng(0).random((4, 6))  # noqa: N806
+    inside = select_layers(S, 2, solver="exact", tradeoff=0.1, required=[5])
+    outside = select_layers(S, 2, solver="exact", tradeoff=0.1, required=[5], required_in_budget=False)
+    assert inside.mask.sum(axis=1).tolist() == [2] * 4 and outside.mask.sum(axis=1).tolist() == [3] * 4
+    assert inside.mask[:, 5].all() and outside.mask[:, 5].all()
+    costs = np.arange(1.0, 7.0)
+    plan = select_layers(S, 4.0, costs=costs, solver="exact", tradeoff=0.1, required=[5], required_in_budget=False)
+    assert np.all(plan.mask[:, 5]) and np.all(plan.mask @ costs <= 4.0 + 6.0)
+
+
+def test_a_large_churn_penalty_keeps_the_previous_plan():
+    S = np.random.default_rng(1).random((6, 5))  # noqa: N806
+    first = select_layers(S, 2, solver="exact", tradeoff=0.2)
+    noisy = S * (1 + 1e-7 * np.random.default_rng(2).standard_normal(S.shape))
+    again = select_layers(noisy, 2, solver="exact", tradeoff=0.2, previous=first, churn_penalty=1e-3)
+    np.testing.assert_array_equal(again.mask, first.mask)
+    assert again.stats["changes"] == 0
+    moved = select_layers(S[::-1], 2, solver="exact", tradeoff=0.2, previous=first, churn_penalty=10.0)
+    np.testing.assert_array_equal(moved.mask, first.mask)
+
+
+def test_costs_from_layer_scores_and_mip_certificate():
+    from f3ocus import LayerScores
+
+    rng = np.random.default_rng(0)
+    names = ["emb", "b0", "b1", "head"]
+    sizes = {"emb": 30, "b0": 10, "b1": 10, "head": 1}
+    clients = [LayerScores(dict(zip(names, rng.random(4).tolist(), strict=True)), sizes) for _ in range(5)]
+    plan = select_layers(clients, 21, costs="params", solver="sa", tradeoff=0.3, seed=0, required=["head"],
+                         certify=True, n_iter=300)
+    assert plan.stats["certify_method"] == "mip"
+    assert plan.stats["bound"] >= plan.stats["exact_scalarized"] - 1e-9
+    assert np.all(plan.mask @ np.array([30, 10, 10, 1]) <= 21)
+    as_bytes = select_layers(clients, 84, costs="bytes", solver="exact", tradeoff=0.3)
+    assert as_bytes.stats["costs"] == [120.0, 40.0, 40.0, 4.0]
+    assert {"bound", "mip_gap"} <= set(as_bytes.stats)
+
+
+def test_coverage_is_met_and_agree_piles_up():
+    S = np.random.default_rng(3).random((6, 6))  # noqa: N806
+    plan = select_layers(S, 1, solver="exact", tradeoff=0.0, min_coverage=1)
+    assert np.all(plan.counts >= 1)
+    agree = select_layers(S, 2, solver="exact", tradeoff=5.0, coupling="agree")
+    assert sorted(agree.counts.tolist()) == [0, 0, 0, 0, 6, 6]
