@@ -245,7 +245,9 @@ class F3ocusStrategy(SelectionMixin, AccountingMixin, Strategy):
                 self._count(node, fed_down=message_nbytes(m))
                 continue
             extra: dict[str, Any] = {P.LAYERS_KEY: plan[node]}
-            if extra_score:
+            if (
+                extra_score and self.memory.scores.get(node, (0,))[0] < rnd
+            ):  # not if it just answered the query
                 extra[P.SCORE_LAYERS_KEY] = self._layers
             msg = self._with_config(m, extra)
             self._pending.append((msg, m.content))
