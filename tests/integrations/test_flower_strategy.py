@@ -40,6 +40,8 @@ from f3ocus.integrations.flower import (  # noqa: E402
     assigned_layers,
     node_budget,
     pack_scores,
+    requested_layers,
+    score_record,
     score_reply,
     unpack_scores,
 )
@@ -321,6 +323,23 @@ def test_score_reply_loads_arrays_and_scores_the_listed_layers(identity):
         score_reply(bad, Net(), x)
 
 
+def test_score_record_only_when_asked(identity):
+    model = Net()
+    x, _ = client_data(11)
+    plain = Message(
+        RecordDict({"config": ConfigRecord({"server-round": 2})}), dst_node_id=11, message_type="train"
+    )
+    assert score_record(plain, model, x) is None and requested_layers(plain) is None
+    asked = Message(
+        RecordDict({"config": ConfigRecord({"server-round": 2, SCORE_LAYERS_KEY: ["head"]})}),
+        dst_node_id=11,
+        message_type="train",
+    )
+    scores, budget = unpack_scores(score_record(asked, model, x, budget=2))
+    expected = ntk_layer_importance(model, x, layers={"head": resolve_layers(model)["head"]})
+    assert budget == 2 and scores == pytest.approx(dict(expected), rel=1e-6)
+
+
 def test_pack_unpack_and_assigned_layers():
     record = pack_scores({"blocks.0": 2.5, "head": 0.5}, budget=3)
     assert unpack_scores(record) == ({"blocks.0": 2.5, "head": 0.5}, 3)
@@ -373,6 +392,12 @@ class _Ctx:
             "query_timeout must be",
         ),
         (lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}).resume(), ValueError, r"resume\(\) needs save_dir"),
+        (
+            lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}, fallback_window=-1),
+            ValueError,
+            "fallback_window must lie",
+        ),
+        (lambda: F3ocusStrategy(FedAvg(), {"a": ["w"]}, seed=1.0), TypeError, "seed must be an int"),
     ],
 )
 def test_errors(call, error, match):
