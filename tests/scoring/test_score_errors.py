@@ -133,6 +133,12 @@ def test_nan_batch_and_nan_targets(mlp):
         layer_scores(model, bad, "snip", loss_fn=ce, targets=y)
 
 
+def test_empty_batch(mlp):
+    model, x, y = mlp
+    with pytest.raises(ValueError, match=r"batch is empty: .* with 0 samples"):
+        layer_scores(model, x[:0], "fisher", loss_fn=ce, targets=y[:0])
+
+
 def test_rgn_of_an_all_zero_layer(mlp):
     model, x, y = mlp
     with torch.no_grad():

@@ -31,7 +31,7 @@ def _mlp(widths: list[int], bias: bool, seed: int) -> nn.Module:
 @settings(max_examples=12)
 @given(
     widths=st.lists(st.integers(1, 5), min_size=2, max_size=4),
-    n=st.integers(2, 6),
+    n=st.integers(1, 6),
     bias=st.booleans(),
     seed=st.integers(0, 2**16),
 )
@@ -41,6 +41,8 @@ def test_fast_paths_match_the_loops_on_random_shapes(widths, n, bias, seed):
     x = torch.randn(n, widths[0], generator=g, dtype=F64)
     targets = torch.randn(n, widths[-1], generator=g, dtype=F64)
     for score in [*LOSS_SCORES, "synflow", "magnitude"]:
+        if score == "snr" and n == 1:
+            continue  # undefined for one sample (tested as an error)
         kw = {"loss_fn": square_loss, "targets": targets, "eps": 1e-9} if score in ("rgn", "snr") else {}
         if score in LOSS_SCORES and not kw:
             kw = {"loss_fn": square_loss, "targets": targets}
