@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-__all__ = ["masked_fedavg_reference"]
+__all__ = ["masked_fedavg_reference", "masked_server_step_reference"]
 
 
 def masked_fedavg_reference(
@@ -52,3 +52,81 @@ def masked_fedavg_reference(
         w = m * n / (m * n).sum()
         out[name] = np.tensordot(w, rows, axes=1)
     return out
+
+
+def masked_server_step_reference(
+    global_state: Mapping[str, torch.Tensor],
+    client_states: Sequence[Mapping[str, torch.Tensor]],
+    num_samples: Sequence[float],
+    *,
+    optimizer: str = "adam",
+    state: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    server_round: int = 1,
+    eta: float = 0.1,
+    beta_1: float = 0.9,
+    beta_2: float = 0.99,
+    tau: float = 1e-3,
+    server_momentum: float = 0.0,
+    server_learning_rate: float = 1.0,
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    """One server-optimizer step on the masked mean, by hand in float64 (Reddi et al., ICLR 2021).
+
+    With $\\bar\\theta$ the masked mean (:func:`masked_fedavg_reference`; the global value where nobody
+    sent a parameter) and $\\Delta = \\bar\\theta - \\theta$ (zero on untrained parameters):
+
+    - ``"adam"``: $m \\leftarrow \\beta_1 m + (1-\\beta_1)\\Delta$, $v \\leftarrow \\beta_2 v + (1-\\beta_2)\\Delta^2$,
+      $\\theta \\leftarrow \\theta + \\eta_r m / (\\sqrt v + \\tau)$ with
+      $\\eta_r = \\eta \\sqrt{1-\\beta_2^{r+1}} / (1-\\beta_1^{r+1})$ (Flower's FedAdam);
+    - ``"yogi"``: the same $m$, $v \\leftarrow v - (1-\\beta_2)\\Delta^2 \\operatorname{sign}(v - \\Delta^2)$,
+      step $\\eta\\, m / (\\sqrt v + \\tau)$;
+    - ``"adagrad"``: $m \\leftarrow \\Delta$ ($\\beta_1 = 0$), $v \\leftarrow v + \\Delta^2$, step as yogi;
+    - ``"avgm"``: $u \\leftarrow \\mu u + (\\theta - \\bar\\theta)$ (or $u = \\theta - \\bar\\theta$ in the
+      first step), $\\theta \\leftarrow \\theta - \\eta_s u$.
+
+    Parameters that no client sent keep their value exactly, whatever the moments say.
+
+    Args:
+        global_state: ``{name: tensor}`` at the start of the round.
+        client_states: One ``{name: tensor}`` per client (subsets of the global names).
+        num_samples: One positive weight per client.
+        optimizer: ``"adam"``, ``"yogi"``, ``"adagrad"`` or ``"avgm"``.
+        state: The moments returned by the previous step (None in the first round).
+        server_round: The round $r$ (FedAdam's bias correction).
+        eta, beta_1, beta_2, tau: FedOpt's settings.
+        server_momentum, server_learning_rate: FedAvgM's $\\mu$ and $\\eta_s$.
+
+    Returns:
+        ``(new global state, new moments)`` as float64 arrays.
+    """
+    theta = {k: g.detach().cpu().to(torch.float64).numpy() for k, g in global_state.items()}
+    mean = masked_fedavg_reference(global_state, client_states, num_samples)
+    trained = {k for s in client_states for k in s}
+    delta = {k: mean[k] - theta[k] for k in theta}
+    old = {name: dict(values) for name, values in (state or {}).items()}
+    if optimizer == "avgm":
+        pg = {k: -d for k, d in delta.items()}
+        u = {k: server_momentum * old["u"][k] + pg[k] for k in theta} if "u" in old else pg
+        step = {k: -server_learning_rate * (u[k] if server_momentum > 0 else pg[k]) for k in theta}
+        new_state = {"u": u}
+    else:
+        b1 = 0.0 if optimizer == "adagrad" else beta_1
+        m0 = old.get("m", {k: np.zeros_like(t) for k, t in theta.items()})
+        v0 = old.get("v", {k: np.zeros_like(t) for k, t in theta.items()})
+        m = {k: b1 * m0[k] + (1 - b1) * delta[k] for k in theta}
+        if optimizer == "adam":
+            v = {k: beta_2 * v0[k] + (1 - beta_2) * delta[k] ** 2 for k in theta}
+            lr = eta * np.sqrt(1 - beta_2 ** (server_round + 1.0)) / (1 - beta_1 ** (server_round + 1.0))
+        elif optimizer == "yogi":
+            v = {k: v0[k] - (1 - beta_2) * delta[k] ** 2 * np.sign(v0[k] - delta[k] ** 2) for k in theta}
+            lr = eta
+        elif optimizer == "adagrad":
+            v = {k: v0[k] + delta[k] ** 2 for k in theta}
+            lr = eta
+        else:
+            raise ValueError(
+                f"optimizer={optimizer!r} is not a valid choice. Use one of: 'adam', 'yogi', 'adagrad', 'avgm'."
+            )
+        step = {k: lr * m[k] / (np.sqrt(v[k]) + tau) for k in theta}
+        new_state = {"m": m, "v": v}
+    new = {k: theta[k] + step[k] if k in trained else theta[k].copy() for k in theta}
+    return new, new_state
