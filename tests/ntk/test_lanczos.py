@@ -147,3 +147,14 @@ def test_random_starts_find_the_top_of_a_close_pair_at_the_default_float32_toler
         (res,) = _solve([a], seed=seed, tol=1e-4)
         assert res.converged
         assert res.value == pytest.approx(1.0, rel=1e-6)
+
+
+def test_the_reported_error_estimate_is_of_the_size_of_the_true_error():
+    g = torch.Generator().manual_seed(3)
+    spectrum = [1.0, 0.6, *(torch.rand(58, generator=g, dtype=F64) * 0.5).tolist()]
+    a = _with_spectrum(spectrum, g)
+    for tol in (1e-2, 1e-3):
+        (res,) = _solve([a], seed=4, tol=tol, maxiter=60)
+        true = 1.0 - res.value
+        assert 0.0 <= true <= 2 * res.error + 1e-14
+        assert res.error <= res.residual  # Kato-Temple is sharper than the residual once the gap shows

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 import f3ocus.ntk.methods  # noqa: F401  (registers the methods)
 from f3ocus._checks import check_int, check_positive_float
 from f3ocus.errors import NotConvergedError
-from f3ocus.ntk.calibration import CPU_MEMORY_BUDGET
+from f3ocus.ntk.calibration import CPU_MEMORY_BUDGET, DEFAULT_TOL_FLOAT32, DEFAULT_TOL_FLOAT64
 from f3ocus.ntk.coupling import COUPLED_HINT
 from f3ocus.ntk.prepare import scoring_problem
 from f3ocus.ntk.problem import NTKProblem
@@ -135,7 +135,9 @@ def ntk_layer_importance(
             start vectors from. ``None``: a fresh random seed.
         tol: Iterative methods stop when the relative residual $\lVert \Theta_l v - \lambda v \rVert
             / \lambda \le$ ``tol`` (then $|\lambda - \lambda_{\max}| \le$ ``tol`` $\cdot \lambda$ for
-            the converged Ritz value). Default: 1e-8 in float64, 1e-4 in float32.
+            the converged Ritz value). ``stats["errors"]`` holds each layer's estimated relative
+            eigenvalue error (Kato-Temple, :mod:`f3ocus.ntk.linalg`). Default: 1e-8 in float64,
+            1e-4 in float32 (:mod:`f3ocus.ntk.calibration`).
         maxiter: Most iterations per layer of an iterative method (Lanczos is exact after $NM$).
         chunk_size: Samples or rows per vectorized batch; bounds memory. ``None``: the method decides.
         max_memory: Bytes the method may use beyond the model; steers ``"auto"`` and chunking.
@@ -189,7 +191,7 @@ def ntk_layer_importance(
         if entry is None:
             entry, costs = _choose(problem, budget, candidates)
         if tol is None:
-            tol = 1e-8 if problem.dtype == torch.float64 else 1e-4
+            tol = DEFAULT_TOL_FLOAT64 if problem.dtype == torch.float64 else DEFAULT_TOL_FLOAT32
         generator = torch.Generator(device=problem.device)
         if seed is None:
             generator.seed()
@@ -236,6 +238,7 @@ def ntk_layer_importance(
         "backward_passes": int(result.backward_passes),
         "matvecs": int(result.matvecs),
         "residuals": {k: float(e.residual) for k, e in result.eigs.items()},
+        "errors": {k: float(e.error) for k, e in result.eigs.items()},
         "iterations": {k: int(e.iterations) for k, e in result.eigs.items()},
         "converged": not failed,
         "tol": tol,

@@ -53,12 +53,15 @@ class LayerEig:
             returned Ritz pair (0.0 for a dense eigendecomposition).
         iterations: Iterations of an iterative solver (0 for a dense eigendecomposition).
         converged: Whether the solver reached its tolerance.
+        error: The solver's estimate of the relative error $(\\lambda_{\\max} - \\text{value}) / \\text{value}$
+            (0.0 for a dense eigendecomposition; see :mod:`f3ocus.ntk.linalg`).
     """
 
     value: float
     residual: float = 0.0
     iterations: int = 0
     converged: bool = True
+    error: float = 0.0
 
 
 @dataclass(frozen=True)
