@@ -92,8 +92,12 @@ def masked_server_step_reference(
         optimizer: ``"adam"``, ``"yogi"``, ``"adagrad"`` or ``"avgm"``.
         state: The moments returned by the previous step (None in the first round).
         server_round: The round $r$ (FedAdam's bias correction).
-        eta, beta_1, beta_2, tau: FedOpt's settings.
-        server_momentum, server_learning_rate: FedAvgM's $\\mu$ and $\\eta_s$.
+        eta: FedOpt's server learning rate $\\eta$.
+        beta_1: First-moment decay $\\beta_1$ (ignored by ``"adagrad"``).
+        beta_2: Second-moment decay $\\beta_2$.
+        tau: FedOpt's adaptivity $\\tau$.
+        server_momentum: FedAvgM's $\\mu$.
+        server_learning_rate: FedAvgM's $\\eta_s$.
 
     Returns:
         ``(new global state, new moments)`` as float64 arrays.
