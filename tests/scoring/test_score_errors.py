@@ -195,6 +195,20 @@ def test_custom_score_must_return_every_layer_in_order(mlp):
         unregister_score("broken_sign")
 
 
+def test_per_sample_gradients_need_a_loss_score(mlp):
+    model, x, _ = mlp
+
+    @register_score("rows_without_loss", needs="data", reduction=None)
+    def rows_without_loss(ctx):
+        return {k: float(v.sum()) for k, v in ctx.per_sample_gradients().items()}
+
+    try:
+        with pytest.raises(RuntimeError, match=r"per-sample gradients need a loss: register the score with needs='loss'"):
+            layer_scores(model, x, "rows_without_loss")
+    finally:
+        unregister_score("rows_without_loss")
+
+
 def test_transform_errors():
     with pytest.raises(TypeError, match=r"scores must be a LayerScores"):
         make_nonnegative({"a": -1.0})

@@ -5,7 +5,7 @@ Every score reuses the NTK machinery instead of re-implementing it:
 - :func:`scoring_problem` validates ``(model, batch, layers, output_fn, loss_fn, targets, dtype)`` and
   yields an :class:`~f3ocus.ntk.problem.NTKProblem` (the model as a pure function of its scored
   parameters; with ``kernel="loss"`` its outputs are the per-sample losses $\ell_n$);
-- :func:`per_sample_rows` returns, with ``kernel="loss"``, the per-sample loss gradients
+- :func:`per_sample_blocks` returns, with ``kernel="loss"``, the per-sample loss gradients
   $\nabla_{\theta_l} \ell_n$ of every layer (grad samplers and the ``torch.func`` fallback);
 - :func:`preserved_state` restores training flags, ``requires_grad`` and ``.grad`` (also on error);
 - :func:`ntk_layer_importance` is the ``"ntk"`` score itself.
@@ -22,20 +22,22 @@ from f3ocus.ntk.prepare import default_output_fn, preserved_state, scoring_probl
 from f3ocus.ntk.problem import NTKProblem
 
 try:  # the row engine's module; the older path re-exports it
-    from f3ocus.ntk.rows import per_sample_jacobians
+    from f3ocus.ntk.rows import per_sample_jacobian_blocks
 except ImportError:  # pragma: no cover - older layout
-    from f3ocus.ntk.persample import per_sample_jacobians
+    from f3ocus.ntk.persample import per_sample_jacobian_blocks
 
 __all__ = [
     "NTKProblem",
     "default_output_fn",
     "ntk_layer_importance",
-    "per_sample_rows",
+    "per_sample_blocks",
     "preserved_state",
     "scoring_problem",
 ]
 
 
-def per_sample_rows(problem: NTKProblem) -> dict[str, Tensor]:
-    """Layer name -> ``(N·M, P_l)`` per-sample Jacobian rows (per-sample loss gradients for ``kernel="loss"``)."""
-    return per_sample_jacobians(problem)
+def per_sample_blocks(problem: NTKProblem) -> dict[str, list[Tensor]]:
+    """Layer name -> one ``(N, numel)`` block per parameter: the per-sample loss gradients
+    $\\nabla_{\\theta_p} \\ell_n$ for ``kernel="loss"`` ($M = 1$, so the output-major layout is sample-major
+    and the blocks are views of what the backward passes produce: nothing is copied)."""
+    return per_sample_jacobian_blocks(problem, sample_major=False)

@@ -8,7 +8,7 @@ on first use and cached, so a score only pays for what it reads:
   backward pass;
 - :meth:`ScoreContext.hessian_gradient`: $g$ and the Hessian-vector product $H g$,
   $H = \nabla^2_\theta L$, by double backward (Pearlmutter, Neural Computation 1994);
-- :meth:`ScoreContext.per_sample_gradients`: the rows $\nabla_{\theta_l} \ell_n$ of every layer, from
+- :meth:`ScoreContext.per_sample_blocks` / :meth:`ScoreContext.per_sample_gradients`: the rows $\nabla_{\theta_l} \ell_n$ of every layer, from
   the per-sample engine of :mod:`f3ocus.ntk` (one forward, one backward, local per-sample contractions).
 
 $\theta$ here is the set of *scored* parameters (the trainable ones of the resolved layers); frozen
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from f3ocus.layers import resolve_layers
-from f3ocus.scoring._engine import NTKProblem, per_sample_rows, scoring_problem
+from f3ocus.scoring._engine import NTKProblem, per_sample_blocks, scoring_problem
 
 __all__ = ["ScoreContext"]
 
@@ -181,17 +181,29 @@ class ScoreContext:
             self.stats["backward_passes"] = self.stats.get("backward_passes", 0) + 2
         return self._cache["hvp"]
 
-    def per_sample_gradients(self) -> dict[str, Tensor]:
-        """Layer name -> ``(N, P_l)``: row $n$ is $\\nabla_{\\theta_l} \\ell_n$ (cached).
+    def per_sample_blocks(self) -> dict[str, list[Tensor]]:
+        """Layer name -> one ``(N, numel)`` block per parameter of the layer: row $n$ is
+        $\\nabla_{\\theta_p} \\ell_n$ (cached; no copy of the engine's output).
 
         From the per-sample engine of :mod:`f3ocus.ntk` with the loss kernel: one forward pass, one
         backward pass and a local per-sample contraction per hooked module.
         """
-        if "rows" not in self._cache:
+        if "blocks" not in self._cache:
+            if self.problem.kernel != "loss":
+                raise RuntimeError("per-sample gradients need a loss: register the score with needs='loss'.")
             with torch.enable_grad():
-                rows = per_sample_rows(self.problem)
-            self._cache["rows"] = self._finite(rows, "per-sample gradient", by_layer=True)
+                blocks = per_sample_blocks(self.problem)
+            names = {f"{layer}[{i}]": b for layer, parts in blocks.items() for i, b in enumerate(parts)}
+            self._finite(names, "per-sample gradient", by_layer=True)
+            self._cache["blocks"] = blocks
             self.stats["backward_passes"] = self.stats.get("backward_passes", 0) + 1
+        return self._cache["blocks"]
+
+    def per_sample_gradients(self) -> dict[str, Tensor]:
+        """Layer name -> ``(N, P_l)``: row $n$ is $\\nabla_{\\theta_l} \\ell_n$, the blocks of
+        :meth:`per_sample_blocks` side by side (cached)."""
+        if "rows" not in self._cache:
+            self._cache["rows"] = {layer: torch.cat(parts, dim=1) for layer, parts in self.per_sample_blocks().items()}
         return self._cache["rows"]
 
     def _finite(self, tensors: dict[str, Tensor], what: str, *, by_layer: bool = False) -> dict[str, Tensor]:
@@ -201,7 +213,7 @@ class ScoreContext:
             return tensors
         for name, t in tensors.items():
             if not torch.isfinite(t).all():
-                layer = name if by_layer else next(k for k, v in self.layers.items() if name in v)
+                layer = name.rsplit("[", 1)[0] if by_layer else next(k for k, v in self.layers.items() if name in v)
                 where = f"layer {layer!r}" if by_layer else f"parameter {name!r} (layer {layer!r})"
                 raise ValueError(
                     f"the {what} of the loss holds NaN/Inf values at {where}. Check loss_fn and targets "

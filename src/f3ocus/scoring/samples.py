@@ -25,12 +25,13 @@ def fisher(ctx: ScoreContext) -> dict[str, float]:
     $$ \hat F_{ii} = \frac1N \sum_{n=1}^N g_{n,i}^2, \qquad s_l = \sum_{i \in l} \hat F_{ii}
        \quad (\texttt{"sum"}; \texttt{"mean"} \text{ divides by } P_l). $$
     """
-    rows = ctx.per_sample_gradients()
+    blocks = ctx.per_sample_blocks()
     n = ctx.num_samples
     out: dict[str, float] = {}
-    for layer, r in rows.items():  # sum_i (1/N) sum_n g_ni^2 = ||rows||_F^2 / N, one pass over the rows
-        total = torch.linalg.vector_norm(r).square() / n
-        out[layer] = float(total / r.shape[1] if ctx.reduction == "mean" else total)
+    for layer, parts in blocks.items():  # sum_i (1/N) sum_n g_ni^2 = ||rows||_F^2 / N, one pass over the rows
+        total = sum(torch.linalg.vector_norm(b).square() for b in parts) / n
+        size = sum(b.shape[1] for b in parts)
+        out[layer] = float(total / size if ctx.reduction == "mean" else total)
     return out
 
 
@@ -49,11 +50,12 @@ def snr(ctx: ScoreContext, eps: float = 1e-12) -> dict[str, float]:
     Needs $N \ge 2$. ``eps`` (default 1e-12) keeps scalars whose gradient is the same on every sample
     finite; a scalar with zero gradient on every sample scores 0.
     """
-    rows = ctx.per_sample_gradients()
     out: dict[str, float] = {}
-    for layer, r in rows.items():
-        mean = r.mean(0)
-        std = (r - mean).square_().sum(0).div_(r.shape[0] - 1).sqrt_()  # two passes; faster than Tensor.std
-        ratio = mean.abs_().div_(std.add_(eps))
-        out[layer] = float(ctx.reduce(ratio))
+    for layer, parts in ctx.per_sample_blocks().items():
+        ratios = []
+        for r in parts:
+            mean = r.mean(0)
+            std = (r - mean).square_().sum(0).div_(r.shape[0] - 1).sqrt_()  # two passes; faster than Tensor.std
+            ratios.append(mean.abs_().div_(std.add_(eps)))
+        out[layer] = float(ctx.reduce(torch.cat(ratios)))
     return out
