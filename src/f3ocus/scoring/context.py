@@ -8,8 +8,9 @@ on first use and cached, so a score only pays for what it reads:
   backward pass;
 - :meth:`ScoreContext.hessian_gradient`: $g$ and the Hessian-vector product $H g$,
   $H = \nabla^2_\theta L$, by double backward (Pearlmutter, Neural Computation 1994);
-- :meth:`ScoreContext.per_sample_blocks` / :meth:`ScoreContext.per_sample_gradients`: the rows $\nabla_{\theta_l} \ell_n$ of every layer, from
-  the per-sample engine of :mod:`f3ocus.ntk` (one forward, one backward, local per-sample contractions).
+- :meth:`ScoreContext.per_sample_blocks` / :meth:`ScoreContext.per_sample_gradients`: the rows
+  $\nabla_{\theta_l} \ell_n$ of every layer, from the per-sample engine of :mod:`f3ocus.ntk` (one
+  forward, one backward, local per-sample contractions).
 
 $\theta$ here is the set of *scored* parameters (the trainable ones of the resolved layers); frozen
 parameters and buffers are constants. All derivatives are taken on detached copies through
