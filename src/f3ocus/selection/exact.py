@@ -224,12 +224,14 @@ def exact_optimum(problem: SelectionProblem, tradeoff: float) -> np.ndarray:
     return solve_exact(problem, tradeoff)[0]
 
 
-def solve_exact(problem: SelectionProblem, tradeoff: float) -> tuple[np.ndarray, dict]:
+def solve_exact(
+    problem: SelectionProblem, tradeoff: float, *, time_limit: float | None = 60.0, gap: float = 1e-4
+) -> tuple[np.ndarray, dict]:
     """:func:`exact_optimum` with how it was solved: ``(plan, info)``.
 
     ``info["method"]`` is ``"flow"`` (a totally unimodular LP: counts, required, forbidden, coverage,
     churn) or ``"mip"`` (costs or the ``"agree"`` coupling, :mod:`f3ocus.selection.mip`), with the proven
-    ``bound`` and its ``gap`` for the MIP.
+    ``bound`` and its ``gap`` for the MIP (run for at most ``time_limit`` seconds, to a relative ``gap``).
 
     Raises:
         ValueError: no plan meets the constraints.
@@ -240,7 +242,7 @@ def solve_exact(problem: SelectionProblem, tradeoff: float) -> tuple[np.ndarray,
     if not problem.flow_applies:
         from f3ocus.selection.mip import mip_optimum
 
-        res = mip_optimum(problem, tradeoff)
+        res = mip_optimum(problem, tradeoff, time_limit=time_limit, gap=gap)
         info = {"method": "mip", "bound": res.bound, "gap": res.gap, "rounds": res.rounds, "status": res.status}
         return res.plan, info
     info = {"method": "flow"}

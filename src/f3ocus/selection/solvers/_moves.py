@@ -26,6 +26,7 @@ __all__ = [
     "apply_moves",
     "draw_out_slots",
     "move_gains",
+    "best_compound_move",
     "pair_exchanges",
     "polish",
     "require_tradeoff",
@@ -125,6 +126,8 @@ def draw_out_slots(
     fixed = sel.required_mask[k]
     movable = trained & ~fixed
     used, units = movable.sum(axis=1), sel.budgets[k] - fixed.sum(axis=1)
+    if sel.costs is not None:  # capacities: one empty unit ("add a layer") beside the movable layers
+        units = used + 1
     unit = (rng.random(P) * np.maximum(units, 1)).astype(np.int64)
     layer = np.where(movable, rng.random((P, L)), -1.0).argmax(axis=1)
     slot = np.where(unit < used, layer, L)
@@ -296,6 +299,68 @@ class _ExchangeTable:
         return float(self.gain[k1, k2]), k1, k2, int(self.a[k1, k2]), int(self.c[k1, k2])
 
 
+def best_compound_move(sel: SelectionProblem, t: float, mask: np.ndarray, counts: np.ndarray):
+    r"""Best knapsack move of one client (with costs): add one layer and drop the cheapest losses that make
+    room, or drop one layer and fill the room by gain per cost.
+
+    Single moves trade one layer for one; with layer sizes that differ 10-100x (an embedding for three or
+    four blocks) the better rows are several moves away. For client $k$ and every layer $x$ it does not
+    train, *add-and-make-room* adds $x$ and drops trained layers in increasing order of
+    $	ext{out}_a / c_a$ until the row fits; for every trained $x$, *drop-and-fill* drops $x$ and adds,
+    in decreasing order of $	ext{in}_y / c_y$, every positive layer that fits. Required layers and
+    layers at their coverage are never dropped. The gain is exact (the count terms are separable and
+    the total term depends on $\Delta N$ only: :mod:`f3ocus.selection.gains`).
+
+    Returns:
+        ``(gain, client, dropped layers, added layers)`` of the best such move (gain ``-inf`` if none).
+    """
+    L = sel.L  # noqa: N806
+    n = counts.astype(np.float64)
+    N = float(n.sum())  # noqa: N806
+    cap = sel.capacities * (1 + 1e-12) + 1e-9
+    fixed = sel.required_mask | (counts <= sel.coverage)[None, :]
+    best = (-np.inf, 0, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    costs = sel.costs
+    for k in range(sel.K):
+        row = mask[k]
+        w = sel.linear[k]
+        inn, out = add_gains(sel, t, w, n), remove_losses(sel, t, w, n)
+        load = float(row @ costs)
+        movable = np.flatnonzero(row & ~fixed[k])
+        drop_order = movable[np.argsort(out[movable] / costs[movable], kind="stable")]
+        free = np.flatnonzero(~row & sel.allowed_mask[k])
+        for x in free:  # add x, make room
+            excess = load + costs[x] - cap[k]
+            if excess <= 0:
+                continue  # a plain add: a single move
+            cum = np.cumsum(costs[drop_order])
+            j = int(np.searchsorted(cum, excess - 1e-9))
+            if j >= drop_order.size:
+                continue
+            drops = drop_order[: j + 1]
+            gain = inn[x] - out[drops].sum() + float(total_term(sel, t, N, 1.0 - drops.size))
+            if gain > best[0]:
+                best = (gain, k, drops, np.array([x]))
+        add_order = free[np.argsort(-inn[free] / costs[free], kind="stable")]
+        for x in movable:  # drop x, fill the room
+            room = cap[k] - load + costs[x]
+            adds = []
+            for y in add_order:
+                if inn[y] <= 0:
+                    break
+                if costs[y] <= room:
+                    adds.append(y)
+                    room -= costs[y]
+            if len(adds) < 2:
+                continue  # a drop, a swap or nothing: single moves
+            adds = np.array(adds)
+            gain = inn[adds].sum() - out[x] + float(total_term(sel, t, N, adds.size - 1.0))
+            if gain > best[0]:
+                best = (gain, k, np.array([x]), adds)
+    del L
+    return best
+
+
 def polish(
     sel: SelectionProblem,
     tradeoff: float,
@@ -360,7 +425,16 @@ def polish(
                 touched = set()
                 gain, k1, k2, la, lc = table.best()
                 if gain <= _TOL:
-                    break
+                    if sel.costs is None:
+                        break
+                    cg, ck, drops, adds = best_compound_move(sel, t, mp[0], np_[0])
+                    if cg <= _TOL:
+                        break
+                    mp[0, ck, drops], mp[0, ck, adds] = False, True
+                    np_[0] += np.bincount(adds, minlength=sel.L) - np.bincount(drops, minlength=sel.L)
+                    touched.add(ck)
+                    done += 1
+                    continue
                 mp[0, k1, la], mp[0, k1, lc], mp[0, k2, lc], mp[0, k2, la] = False, True, False, True
                 touched |= {k1, k2}
                 done += 1

@@ -201,7 +201,7 @@ class ArtificialBeeColony(Algorithm):
         return out
 
 
-@register_solver("abc", options=ArtificialBeeColony, family="single-objective", reference="Karaboga, TR06 2005")
+@register_solver("abc", polish=True, options=ArtificialBeeColony, family="single-objective", reference="Karaboga, TR06 2005")
 def abc(problem, **options) -> ArtificialBeeColony:
     """Factory for :class:`ArtificialBeeColony` (``select_layers(..., solver="abc", **options)``)."""
     return ArtificialBeeColony(**options)

@@ -16,7 +16,8 @@ $\eta_{kl} = \max(S_{kl} - \frac{2t}{L} n_l, \epsilon)$ with $n_l$ the layer cou
 far (the marginal gain of adding the layer at the current counts). Diversity enters through the
 objective in any case.
 
-With ``local_search=True`` every ant's plan then climbs to a local optimum of the single moves
+With ``local_search=True`` every ant's plan then climbs to a local optimum of the single moves (with
+costs at most $K$ moves per ant)
 (steepest ascent with the closed-form gains of :mod:`~f3ocus.selection.solvers._moves`), the usual
 pairing of ACO with local search (Dorigo & Stützle 2004, ch. 3.7). pymoo evaluates the ants.
 
@@ -120,7 +121,8 @@ class AntColony(Algorithm):
     def _infill(self) -> Population:
         masks = self._construct()
         if self.local_search:
-            masks, moves = polish(self.sel, self.tradeoff, masks, exchanges=False)
+            cap = None if self.sel.costs is None else self.sel.K  # capacities: every move scores L^2 pairs
+            masks, moves = polish(self.sel, self.tradeoff, masks, exchanges=False, max_moves=cap)
             self.n_ls_moves += moves
         return Population.new("X", masks.reshape(len(masks), -1))
 

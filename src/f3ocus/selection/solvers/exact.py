@@ -23,12 +23,18 @@ __all__ = ["exact"]
 
 
 @_register_direct("exact", multi_objective=True)
-def exact(selection: SelectionProblem, *, tradeoff: float | None, rng: np.random.Generator) -> SolverOutput:
-    """Exact optimum (a number ``tradeoff``) or exact supported front (``None``)."""
+def exact(
+    selection: SelectionProblem, *, tradeoff: float | None, rng: np.random.Generator, time_limit: float = 60.0,
+    gap: float = 1e-4,
+) -> SolverOutput:
+    """Exact optimum (a number ``tradeoff``) or exact supported front (``None``).
+
+    ``time_limit`` (seconds) and ``gap`` (relative) bound the MIP; the flow ignores them.
+    """
     if tradeoff is None:
         plans = exact_front(selection)
         return SolverOutput(plans, evaluations=len(plans), extra={"method": "dichotomic front, HiGHS LP"})
-    plan, info = solve_exact(selection, tradeoff)
+    plan, info = solve_exact(selection, tradeoff, time_limit=time_limit, gap=gap)
     if info["method"] == "flow":
         return SolverOutput(plan[None], evaluations=1, extra={"method": "min-cost flow LP (HiGHS)"})
     extra = {"method": "MIP (HiGHS)", "bound": info["bound"], "mip_gap": info["gap"], "mip_rounds": info["rounds"],

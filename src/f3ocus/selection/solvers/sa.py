@@ -167,7 +167,7 @@ class SimulatedAnnealing(Algorithm):
         return spread if spread > 0 else 1.0
 
 
-@register_solver("sa", options=SimulatedAnnealing, family="single-objective", reference="Kirkpatrick et al., Science 1983")
+@register_solver("sa", polish=True, options=SimulatedAnnealing, family="single-objective", reference="Kirkpatrick et al., Science 1983")
 def sa(problem, **options) -> SimulatedAnnealing:
     """Factory for :class:`SimulatedAnnealing` (``select_layers(..., solver="sa", **options)``)."""
     return SimulatedAnnealing(**options)
