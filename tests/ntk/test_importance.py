@@ -343,3 +343,14 @@ def test_engine_paths_used_by_other_packages_still_import():
 
     assert jacobian_plan is plan2 and callable(per_sample_jacobians)
     assert callable(default_output_fn) and callable(preserved_state)
+
+
+def test_progress_goes_to_the_f3ocus_ntk_logger(caplog):
+    import logging
+
+    case = build("mlp", F64, "cpu")
+    with caplog.at_level(logging.INFO, logger="f3ocus.ntk"):
+        ntk_layer_importance(case.model, case.batch, method="persample", seed=0, max_memory=400)
+    text = caplog.text
+    assert "scoring 2 layers of 5 samples x 3 outputs with method='persample'" in text
+    assert "layer group 1 of 2" in text and "done in" in text

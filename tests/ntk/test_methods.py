@@ -185,3 +185,24 @@ def test_options_are_checked_before_any_work():
     with pytest.raises(TypeError, match="takes no options"):
         ntk_layer_importance(Spy(), torch.randn(3, 2), method="dense", eig="gram")
     assert calls == []
+
+
+def _wide_head(c):
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, c)).double()
+
+
+def test_at_large_c_auto_never_forms_the_output_gram_and_its_cost_is_linear_in_c():
+    x = torch.randn(4, 6, dtype=F64, generator=torch.Generator().manual_seed(0))
+    chosen = {}
+    for c in (100, 200, 400):
+        model = _wide_head(c)
+        got = ntk_layer_importance(model, x, seed=0)
+        chosen[c] = got.stats["auto_costs"][got.stats["method"]]
+        assert "gram" not in got.stats["extra"].get("path", {}).values()
+    for small, big in ((100, 200), (200, 400)):
+        assert chosen[big][0] <= 2.2 * chosen[small][0]  # flops
+        assert chosen[big][1] <= 2.2 * chosen[small][1]  # memory
+    ref = ntk_layer_importance(model, x, method="dense")
+    assert_scores_close(got, ref, rel=1e-6)

@@ -16,6 +16,7 @@ and returns a :class:`~f3ocus.LayerScores`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import warnings
@@ -36,6 +37,8 @@ from f3ocus.ntk.registry import Cost, MethodEntry, check_options, get_method
 from f3ocus.scores import LayerScores
 
 __all__ = ["ntk_layer_importance", "scoring_problem"]
+
+logger = logging.getLogger("f3ocus.ntk")
 
 def _default_max_memory(device: torch.device) -> int:
     if device.type == "cuda":
@@ -109,6 +112,9 @@ def ntk_layer_importance(
     with $F$ the ``(N, M)`` kernel outputs: the flattened model outputs (``kernel="output"``,
     $\Theta_l$ is $NC \times NC$), their per-sample sums (``"sum"``, $N \times N$) or the per-sample
     losses (``"loss"``, $N \times N$). Saha et al., "F³OCUS", CVPR 2025.
+
+    Progress (the method chosen, layer groups, Lanczos steps) goes to the ``"f3ocus.ntk"`` logger at
+    level INFO: ``logging.basicConfig(level=logging.INFO)`` shows it.
 
     The model is evaluated in **eval mode** (dropout off, BatchNorm on its running statistics), so the
     kernel is deterministic; its training flags, ``requires_grad`` flags and ``.grad`` are restored
@@ -202,6 +208,11 @@ def ntk_layer_importance(
             torch.cuda.synchronize(problem.device)
             torch.cuda.reset_peak_memory_stats(problem.device)
             base = torch.cuda.memory_allocated(problem.device)
+        logger.info(
+            "scoring %d layers of %d samples x %d outputs with method=%r%s",
+            len(problem.layers), problem.num_samples, problem.num_outputs, entry.name,
+            f" (outputs coupled: {problem.coupled})" if problem.coupled else "",
+        )
         start = time.perf_counter()
         with torch.enable_grad():
             result = entry(
@@ -216,6 +227,7 @@ def ntk_layer_importance(
         if cuda:
             torch.cuda.synchronize(problem.device)
         method_seconds = time.perf_counter() - start
+        logger.info("method=%r done in %.2f s", entry.name, method_seconds)
         peak = torch.cuda.max_memory_allocated(problem.device) - base if cuda else None
         sizes = problem.layer_sizes()
     _check_result(result, problem, entry.name)

@@ -39,6 +39,7 @@ exact value.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ __all__ = [
 ]
 
 _DEFAULT_MAXITER = 200
+logger = logging.getLogger("f3ocus.ntk")
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,6 +191,8 @@ def lanczos_max_eig(
                 exact[b] = bool(breakdown[pos]) or j + 1 == n or bool(est[pos] <= tol * theta[pos])
         if not bool(active.any()):
             break
+        if (j + 1) % 10 == 0:
+            logger.info("Lanczos step %d: %d of %d problems still running", j + 1, int(active.sum()), batch)
         keep = active.to(device)[:, None]
         q = torch.where(keep, w / torch.where(beta > 0, beta, 1.0)[:, None], torch.zeros_like(w))
 

@@ -42,6 +42,8 @@ basis; layers are grouped so that each group fits ``max_memory`` (one more pass 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
 
@@ -67,6 +69,8 @@ from f3ocus.ntk.grouping import consecutive_groups, subproblem
 from f3ocus.ntk.linalg import gram_top_eig, lanczos_max_eig, layer_eig, random_start, rows_top_eigs
 from f3ocus.ntk.problem import NTKProblem, forward_flops
 from f3ocus.ntk.registry import Cost, LayerEig, MethodResult, register_method
+
+logger = logging.getLogger("f3ocus.ntk")
 
 __all__ = ["factored_cost", "factored_method"]
 
@@ -149,7 +153,9 @@ def factored_method(
     paths: dict[str, str] = {}
     factored: list[str] = []
     steps = 0
-    for group in groups:
+    for index, group in enumerate(groups):
+        if len(groups) > 1:
+            logger.info("layer group %d of %d (%d layers)", index + 1, len(groups), len(group))
         sub = subproblem(problem, group)
         got, names, used, path = _solve(
             sub, tol=tol, maxiter=maxiter, generator=generator, chunk_size=chunk_size, eig=eig

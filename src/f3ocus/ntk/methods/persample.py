@@ -19,6 +19,8 @@ parameter through the torch.func fallback), ``batched`` (``False``: one plain ba
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from f3ocus.ntk.calibration import GEMV_WEIGHT, LANCZOS_STEPS, ROWS_WEIGHT
@@ -27,6 +29,8 @@ from f3ocus.ntk.linalg import rows_top_eigs
 from f3ocus.ntk.problem import NTKProblem, forward_flops
 from f3ocus.ntk.registry import Cost, LayerEig, MethodResult, register_method
 from f3ocus.ntk.rows import per_sample_jacobian_blocks
+
+logger = logging.getLogger("f3ocus.ntk")
 
 __all__ = ["persample_cost", "persample_method"]
 
@@ -72,7 +76,9 @@ def persample_method(
     eigs: dict[str, LayerEig] = {}
     paths: dict[str, str] = {}
     groups = row_groups(problem, max_memory)
-    for group in groups:
+    for index, group in enumerate(groups):
+        if len(groups) > 1:
+            logger.info("layer group %d of %d (%d layers)", index + 1, len(groups), len(group))
         sub = subproblem(problem, group)
         jac = per_sample_jacobian_blocks(
             sub, chunk_size=chunk_size, use_hooks=use_hooks, batched=batched, sample_major=False
