@@ -152,6 +152,7 @@ def test_example_app_in_a_localhost_deployment(tmp_path):
     assert len(ratios) == 3 and all(r < 1 for r in ratios[1:]), ratios
     moved, fedavg = re.search(r"(\d+) bytes moved \(full FedAvg: (\d+)", out).groups()
     assert int(moved) < int(fedavg)
-    nodes = set(re.findall(r"node (\d{6,})", out))  # real node ids, never the SuperLink's 1
+    plan = re.search(r"f3ocus: round 1 plan \(new\): \{(.*)\}", out).group(1)
+    nodes = {int(n) for n in re.findall(r"(\d+): \[", plan)}
+    assert len(nodes) == 2 and 1 not in nodes, plan  # the SuperNodes' own ids, never the SuperLink's 1
     assert (tmp_path / "saved" / "state.json").exists() and (tmp_path / "saved" / "arrays.npz").exists()
-    assert not [n for n in nodes if n == "1"]

@@ -72,6 +72,12 @@ def test_f3ocus_moves_fewer_bytes_than_fedavg(identity, first_round):
         assert ratios[0] < 1
     m = result.train_metrics_clientapp[2]
     assert m["f3ocus-bytes-up"] < m["f3ocus-fedavg-bytes-up"]
+    assert sum(m[f"f3ocus-bytes-up:{n}"] for n in NODES) == m["f3ocus-bytes-up"]
+    e = result.evaluate_metrics_clientapp[2]
+    assert (e["f3ocus-round-bytes"], e["f3ocus-round-fedavg-bytes"]) == (
+        strategy.history[2].total_bytes,
+        strategy.history[2].fedavg_total_bytes,
+    )
 
 
 def test_save_dir_and_resume_continue_the_same_run(identity, tmp_path):

@@ -56,9 +56,12 @@ class AccountingMixin:
         metrics["f3ocus-bytes-up"], metrics["f3ocus-bytes-down"] = int(up), int(down)
         metrics["f3ocus-fedavg-bytes-up"], metrics["f3ocus-fedavg-bytes-down"] = int(fed_up), int(fed_down)
         metrics["f3ocus-up-fraction"] = up / fed_up if fed_up else 0.0
+        for node in sorted(set(r["up"]) | set(r["down"])):
+            metrics[f"f3ocus-bytes-up:{node}"] = int(r["up"].get(node, 0))
+            metrics[f"f3ocus-bytes-down:{node}"] = int(r["down"].get(node, 0))
         return metrics
 
-    def _close_round(self) -> None:
+    def _close_round(self) -> RoundRecord:
         r, info = self._round, self._round.get("info", {})
         record = RoundRecord(
             round=r["round"],
@@ -96,3 +99,4 @@ class AccountingMixin:
         log(INFO, "f3ocus: round %d coverage %s, failed %s", record.round, record.coverage, record.failed)
         if self.save_dir is not None:
             self._save(record.round, None)
+        return record

@@ -370,7 +370,10 @@ class F3ocusStrategy(SelectionMixin, AccountingMixin, Strategy):
             )
             result = None
         if counting:
-            self._close_round()
+            record = self._close_round()
+            if result is not None:  # the whole round's traffic, evaluation included
+                result["f3ocus-round-bytes"] = record.total_bytes
+                result["f3ocus-round-fedavg-bytes"] = record.fedavg_total_bytes
         return result
 
     # -- saving --------------------------------------------------------------------------------
