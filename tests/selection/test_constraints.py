@@ -200,3 +200,15 @@ def test_coverage_is_met_and_agree_piles_up():
     assert np.all(plan.counts >= 1)
     agree = select_layers(S, 2, solver="exact", tradeoff=5.0, coupling="agree")
     assert sorted(agree.counts.tolist()) == [0, 0, 0, 0, 6, 6]
+
+
+def test_a_layer_every_client_must_train_is_set_aside():
+    S = np.random.default_rng(4).random((5, 6))  # noqa: N806
+    plan = select_layers(S, 3, solver="exact", tradeoff=0.5, required=[5])
+    assert plan.mask[:, 5].all() and plan.stats["set_aside"] == [5]
+    sub = SelectionProblem(S / S.sum(axis=1, keepdims=True), np.full(5, 3))
+    assert plan.diversity == pytest.approx(float(np.var(plan.mask[:, :5].sum(axis=0))))
+    assert plan.importance == pytest.approx(float(sub.importance(plan.mask)))
+    best = max(enumerate_plans(SelectionProblem(sub.scores[:, :5], np.full(5, 2))),
+               key=lambda m: float(sub.scores[:, :5][m].sum() - 0.5 * np.var(m.sum(axis=0))))
+    np.testing.assert_array_equal(plan.mask[:, :5], best)

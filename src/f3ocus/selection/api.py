@@ -28,7 +28,7 @@ from f3ocus.selection.problem import COUPLINGS, SelectionProblem, SelectionPymoo
 from f3ocus.selection.reference import pareto_mask
 from f3ocus.selection.solvers import SolverOutput, SolverSpec, get_solver
 
-__all__ = ["build_problem", "select_layers", "solve_problem"]
+__all__ = ["build_problem", "select_layers", "set_aside", "solve_problem"]
 
 
 def _check_seed(seed: Any) -> int:
@@ -326,20 +326,74 @@ def select_layers(
         required_in_budget=required_in_budget, forbidden=forbidden, allowed=allowed, min_coverage=min_coverage,
         previous=previous, churn_penalty=churn_penalty, coupling=coupling,
     )
+    reduced, fixed = set_aside(selection)
     result = solve_problem(
-        selection, solver=solver, tradeoff=tradeoff, seed=seed, certify=certify, **solver_options
+        reduced, solver=solver, tradeoff=tradeoff, seed=seed, certify=certify, **solver_options
     )
     stats = dict(result.stats, normalize=normalize)
+    mask, front, importance = result.mask, result.front, result.importance
+    if fixed.size:  # put the layers every client trains back
+        keep = np.setdiff1d(np.arange(selection.L), fixed)
+        const = float(selection.scores[:, fixed].sum())
+
+        def expand(m):
+            full = np.ones((*m.shape[:-1], selection.L), dtype=bool)
+            full[..., keep] = m
+            return full
+
+        mask, importance = expand(mask), importance + const
+        if front is not None:
+            front = ParetoFront(expand(front.masks), front.importance + const, front.diversity)
+        stats["set_aside"] = [selection.layer_names[j] if selection.layer_names else int(j) for j in fixed]
     return LayerAssignment(
-        mask=result.mask,
-        importance=result.importance,
+        mask=mask,
+        importance=importance,
         diversity=result.diversity,
-        budgets=result.budgets,
-        layer_names=result.layer_names,
+        budgets=selection.budgets if fixed.size else result.budgets,
+        layer_names=selection.layer_names,
         tradeoff=result.tradeoff,
-        front=result.front,
+        front=front,
         stats=stats,
     )
+
+
+def set_aside(selection: SelectionProblem) -> tuple[SelectionProblem, np.ndarray]:
+    r"""The problem without the layers every client must train, and those layers' columns.
+
+    A layer required for every client leaves nothing to decide and nothing to balance: it adds a
+    constant to the importance, and counting its $n_l = K$ in the variance would only push clients to
+    train more layers to lower $\bar n$'s distance to $K$. So it is set aside: the plan is chosen on the other
+    layers (budgets and capacities less its share) and the layer is put back in every row; the
+    reported diversity is that of the other layers. Nothing is set aside when a budget would reach 0.
+    """
+    if selection.required is None:
+        return selection, np.zeros(0, np.int64)
+    fixed = np.flatnonzero(selection.required.all(axis=0))
+    if fixed.size == 0 or fixed.size == selection.L:
+        return selection, np.zeros(0, np.int64)
+    keep = np.setdiff1d(np.arange(selection.L), fixed)
+    budgets, capacities = selection.budgets, selection.capacities
+    if selection.costs is None:
+        budgets = budgets - fixed.size
+        if budgets.min() < 1:
+            return selection, np.zeros(0, np.int64)
+    else:
+        budgets = np.full(selection.K, keep.size, dtype=np.int64)
+        capacities = capacities - selection.costs[fixed].sum()
+    budgets = np.minimum(budgets, keep.size) if not selection.exact_budget else budgets
+
+    def cols(a):
+        return None if a is None else a[..., keep]
+
+    required = cols(selection.required)
+    reduced = SelectionProblem(
+        selection.scores[:, keep], budgets, selection.exact_budget,
+        None if selection.layer_names is None else tuple(np.asarray(selection.layer_names)[keep]),
+        costs=cols(selection.costs), capacities=capacities, required=required if required.any() else None,
+        allowed=cols(selection.allowed), min_coverage=cols(selection.min_coverage),
+        previous=cols(selection.previous), churn_penalty=selection.churn_penalty, coupling=selection.coupling,
+    )
+    return reduced, fixed
 
 
 def build_problem(

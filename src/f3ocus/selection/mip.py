@@ -90,7 +90,7 @@ def _base(sel: SelectionProblem, n_extra: int):
     lb[n_x : n_x + L] = col_lo
     ub[n_x : n_x + L] = sel.allowed_mask.sum(axis=0)
     integrality = np.zeros(n_var)
-    integrality[:n_x] = 1
+    integrality[: n_x + L] = 1  # the counts too: branching on n_l is what closes the convex penalty
     return A, np.concatenate(lo), np.concatenate(hi), lb, ub, integrality
 
 

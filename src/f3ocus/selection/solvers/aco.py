@@ -16,8 +16,8 @@ $\eta_{kl} = \max(S_{kl} - \frac{2t}{L} n_l, \epsilon)$ with $n_l$ the layer cou
 far (the marginal gain of adding the layer at the current counts). Diversity enters through the
 objective in any case.
 
-With ``local_search=True`` every ant's plan then climbs to a local optimum of the single moves (with
-costs at most $K$ moves per ant)
+With ``local_search=True`` every ant's plan (with costs: the iteration's best ant) then climbs to a
+local optimum of the single moves
 (steepest ascent with the closed-form gains of :mod:`~f3ocus.selection.solvers._moves`), the usual
 pairing of ACO with local search (Dorigo & Stützle 2004, ch. 3.7). pymoo evaluates the ants.
 
@@ -121,8 +121,11 @@ class AntColony(Algorithm):
     def _infill(self) -> Population:
         masks = self._construct()
         if self.local_search:
-            cap = None if self.sel.costs is None else self.sel.K  # capacities: every move scores L^2 pairs
-            masks, moves = polish(self.sel, self.tradeoff, masks, exchanges=False, max_moves=cap)
+            if self.sel.costs is None:
+                masks, moves = polish(self.sel, self.tradeoff, masks, exchanges=False)
+            else:  # capacities: a move scores L^2 pairs, so only the iteration's best ant climbs
+                i = int(np.argmax(self.sel.scalarized(masks, self.tradeoff)))
+                masks[i], moves = polish(self.sel, self.tradeoff, masks[i], exchanges=False)
             self.n_ls_moves += moves
         return Population.new("X", masks.reshape(len(masks), -1))
 
