@@ -20,6 +20,12 @@ Results go to ``benchmarks/results/ntk_<device>.json`` with the device, torch ve
     python benchmarks/bench_ntk.py                          # small ViT, CPU, N = 8 16 32
     python benchmarks/bench_ntk.py --model vit_base --device cuda --n 32
     python benchmarks/bench_ntk.py --quick                  # smoke run
+    python benchmarks/bench_ntk.py --model vilt_b --n 4 --kernels loss sum output   # HF, 3129 answers
+
+Hugging Face models (``vilt_b``, ``clip_b32``, ``llava_small``; ``benchmarks/models.py``) are built from
+configs at their real sizes with random weights; each kernel is scored with ``method="auto"`` and, where
+the Jacobian has at most ``--dense-max-rows`` rows, with ``method="dense"`` as the error reference.
+Their results go to ``benchmarks/results/ntk_hf_<model>_<device>.json``.
 """
 
 from __future__ import annotations
@@ -38,10 +44,11 @@ import torch
 from torch.func import functional_call, jacrev, vmap
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models import vit_base, vit_small_cifar  # noqa: E402
+from models import HF_MODELS, vit_base, vit_small_cifar  # noqa: E402
 
 from f3ocus import ntk_layer_importance  # noqa: E402
 from f3ocus.layers import resolve_layers  # noqa: E402
+from f3ocus.ntk.prepare import default_output_fn  # noqa: E402
 
 MODELS = {"vit_small": (vit_small_cifar, 32), "vit_base": (vit_base, 224)}
 
@@ -203,7 +210,8 @@ def markdown_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=sorted(MODELS), default=None)
+    parser.add_argument("--model", choices=sorted(MODELS) + sorted(HF_MODELS), default=None)
+    parser.add_argument("--dense-max-rows", type=int, default=64, help="HF models: dense reference up to N*M rows")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--n", type=int, nargs="+", default=None, help="batch sizes")
     parser.add_argument("--classes", type=int, default=10)
@@ -232,6 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     model_name = args.model or ("vit_base" if device.type == "cuda" else "vit_small")
+    if model_name in HF_MODELS:
+        return run_hf(args, model_name, device)
     sizes = args.n or ([32] if model_name == "vit_base" else [8, 16, 32])
     if args.quick:
         sizes, args.repeats, args.warmup = [2], 1, 0
@@ -296,6 +306,74 @@ def main(argv: list[str] | None = None) -> dict:
                 )
         save(rows, final=False)
     return save(rows, final=True)
+
+
+def hf_forward_backward(model, batch, kw):
+    """One forward and backward pass of the summed kernel outputs (the unit of the HF ratios)."""
+    output_fn = kw.get("output_fn") or default_output_fn
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        y = output_fn(model(**batch))
+        if kw.get("kernel") == "loss":
+            y = kw["loss_fn"](y, kw["targets"])
+        y.sum().backward()
+
+    return run
+
+
+def run_hf(args, model_name: str, device: torch.device) -> dict:
+    """Every kernel of one HF model: ``auto`` against one forward+backward, ``dense`` where it fits."""
+    tag = device_tag(device)
+    print(json.dumps(tag), flush=True)
+    rows: list[dict] = []
+    opts = {"repeats": args.repeats, "warmup": args.warmup, "slow": args.slow}
+    for n in args.n or [4]:
+        model, batch, kernels = HF_MODELS[model_name](n)
+        model.to(device)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        for kernel in args.kernels if args.model and set(args.kernels) <= set(kernels) else list(kernels):
+            kw = dict(kernels[kernel])
+            if "targets" in kw:
+                kw["targets"] = kw["targets"].to(device)
+            fb = hf_forward_backward(model, batch, kw)
+            ref = None
+            for method in ["dense", "auto"]:
+                def fn(method=method, model=model, batch=batch, kw=kw):
+                    s = ntk_layer_importance(model, batch, method=method, seed=0, throw=False, **kw)
+                    return dict(s), s.stats
+
+                if method == "dense":
+                    with torch.no_grad():
+                        y = (kw.get("output_fn") or default_output_fn)(model(**batch))
+                    rows_needed = n * (y[0].numel() if kw.get("kernel", "output") == "output" else 1)
+                    if rows_needed > args.dense_max_rows:
+                        continue
+                    got = timed(fn, fb, device, repeats=1, warmup=0, slow=args.slow)
+                    ref = got["result"][0]
+                    continue
+                got = timed(fn, fb, device, **opts)
+                values, stats = got["result"]
+                err = None if ref is None else max(abs(values[k] - ref[k]) / max(abs(ref[k]), 1e-30) for k in ref)
+                row = {
+                    "n": n, "kernel": kernel, "method": method, "chosen": stats["method"],
+                    "num_outputs": stats["num_outputs"], "coupled": stats["coupled"], "layers": len(values),
+                    "seconds": got["seconds"], "runs": got["runs"], "ratio_to_fwd_bwd": got["ratio"],
+                    "cpu_ratio_to_fwd_bwd": got["cpu_ratio"], "peak_bytes": got["peak_bytes"],
+                    "fwd_bwd_seconds": got["base_seconds"], "max_rel_err_to_dense": err,
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                }
+                rows.append(row)
+                print(
+                    f"N={n} {kernel:6s} auto->{stats['method']:9s} {got['seconds']:8.2f}s {got['ratio']:6.2f}x "
+                    f"fwd+bwd (cpu {got['cpu_ratio']:.2f}x) peak {got['peak_bytes'] / 2**20:.0f} MiB "
+                    f"err {err if err is None else f'{err:.1e}'}",
+                    flush=True,
+                )
+                out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"ntk_hf_{model_name}_{device.type}.json"
+                out.write_text(json.dumps({"benchmark": "ntk_layer_importance_hf", "model": model_name, "tag": tag,
+                                           "repeats": args.repeats, "rows": rows}, indent=2) + "\n")
+    return {"rows": rows}
 
 
 def _save_factory(args, model_name: str, layers: dict, model, tag: dict, device: torch.device):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["VisionTransformer", "vit_base", "vit_small_cifar"]
+__all__ = ["HF_MODELS", "VisionTransformer", "clip_b32", "llava_small", "vilt_b", "vit_base", "vit_small_cifar"]
 
 
 class PatchEmbed(nn.Module):
@@ -124,3 +124,78 @@ def vit_base(num_classes: int = 10, generator: torch.Generator | None = None) ->
     return VisionTransformer(
         img_size=224, patch=16, dim=768, depth=12, heads=12, num_classes=num_classes, generator=generator
     )
+
+
+# -- Hugging Face vision-language models at real sizes, built from configs (random weights) -----------
+def _next_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    pred, gold = logits[:, :-1], labels[:, 1:]
+    tok = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), gold.reshape(-1), reduction="none", ignore_index=-100)
+    return tok.reshape(gold.shape).sum(1) / (gold != -100).sum(1).clamp(min=1)
+
+
+def _seeded(make, seed: int = 0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make().eval()
+
+
+def vilt_b(n: int, answers: int = 3129):
+    """ViLT-B/32 VQA (hidden 768, 12 layers, 384x384 images, 40 text tokens), ``answers`` outputs.
+
+    Returns ``(model, batch, kernels)``: ``kernels`` maps each kernel to the scoring keywords.
+    """
+    from transformers import ViltConfig, ViltForQuestionAnswering
+
+    config = ViltConfig(num_labels=answers, max_image_length=-1)
+    model = _seeded(lambda: ViltForQuestionAnswering(config))
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "input_ids": torch.randint(1000, 20000, (n, 40), generator=g),
+        "attention_mask": torch.ones(n, 40, dtype=torch.long),
+        "pixel_values": torch.randn(n, 3, 384, 384, generator=g),
+        "pixel_mask": torch.ones(n, 384, 384, dtype=torch.long),
+    }
+    targets = torch.randint(0, answers, (n,), generator=g)
+    ce = {"kernel": "loss", "targets": targets, "loss_fn": lambda out, y: F.cross_entropy(out, y, reduction="none")}
+    return model, batch, {"output": {}, "sum": {"kernel": "sum"}, "loss": ce}
+
+
+def clip_b32(n: int):
+    """CLIP ViT-B/32 with its 12-layer text tower (16 tokens); each image scored against its own text."""
+    from transformers import CLIPConfig, CLIPModel
+
+    model = _seeded(lambda: CLIPModel(CLIPConfig()))
+    g = torch.Generator().manual_seed(1)
+    batch = {"input_ids": torch.randint(1000, 40000, (n, 16), generator=g), "pixel_values": torch.randn(n, 3, 224, 224, generator=g)}
+
+    def diag(out):
+        return out.logits_per_image.diagonal()[:, None]
+
+    def pairs(out):  # image n against every text of the batch: couples samples (scored exactly)
+        return out.logits_per_image
+
+    return model, batch, {"output": {"output_fn": diag}, "pairs": {"output_fn": pairs}, "sum": {"kernel": "sum", "output_fn": diag}}
+
+
+def llava_small(n: int):
+    """LLaVA-style, about 130 M parameters: CLIP ViT-B/32 vision tower, projector, 8-layer Llama (width 512).
+
+    49 image tokens and 24 text tokens per sample; per-sample next-token loss on the text.
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    text = LlamaConfig(
+        vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+        num_key_value_heads=8, max_position_embeddings=256, pad_token_id=0,
+    )
+    config = LlavaConfig(vision_config=CLIPVisionConfig(), text_config=text, image_token_id=31999)
+    model = _seeded(lambda: LlavaForConditionalGeneration(config))
+    g = torch.Generator().manual_seed(1)
+    words = torch.randint(3, 31000, (n, 24), generator=g)
+    ids = torch.cat([torch.full((n, 49), 31999), words], dim=1)
+    labels = torch.cat([torch.full((n, 49), -100), words], dim=1)
+    batch = {"input_ids": ids, "pixel_values": torch.randn(n, 3, 224, 224, generator=g), "attention_mask": torch.ones_like(ids)}
+    return model, batch, {"loss": {"kernel": "loss", "loss_fn": _next_token_loss, "targets": labels}}
+
+
+HF_MODELS = {"vilt_b": vilt_b, "clip_b32": clip_b32, "llava_small": llava_small}
