@@ -194,3 +194,69 @@ def test_malformed_replies_never_crash_and_valid_ones_are_averaged(identity, cas
     assert {m.metadata.dst_node_id for m in nxt} == set(nodes)
     for node in nodes:
         assert 1 <= len(strategy.plans[2][node]) <= len(layers)
+
+
+class _QueryGrid(InProcessGrid):
+    """Answers the round-1 score query with the drawn replies (None: no reply)."""
+
+    def __init__(self, nodes, make_reply):
+        super().__init__(make_client_app(), nodes)
+        self.make_reply = make_reply
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for i, m in enumerate(messages):
+            m.metadata.__dict__["_message_id"] = f"q{i}"
+            reply = self.make_reply(m)
+            if reply is not None:
+                replies.append(reply)
+        return replies
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cases=st.lists(
+        st.tuples(st.sampled_from([*SCORES, "error", "silent"]), st.sampled_from(BUDGETS)),
+        min_size=1,
+        max_size=5,
+    ),
+    seed=st.integers(0, 2**16),
+)
+def test_malformed_query_replies_get_the_fallback(identity, cases, seed):
+    rng = np.random.default_rng(seed)
+    model = Net()
+    lmap = resolve_layers(model)
+    layers = list(lmap)
+    nodes = [200 + i for i in range(len(cases))]
+    kinds = dict(zip(nodes, cases, strict=True))
+
+    def make_reply(m):
+        score, budget = kinds[m.metadata.dst_node_id]
+        if score == "silent":
+            return None
+        if score == "error":
+            reply = Message(Error(code=0, reason="boom"), reply_to=m)
+            reply.metadata.__dict__["_src_node_id"] = 1
+            return reply
+        content = _content("ok", 1.0, score, budget, "plain", [], {}, layers, rng)
+        return Message(RecordDict({k: v for k, v in content.items() if k == SCORES_KEY}), reply_to=m)
+
+    strategy = F3ocusStrategy(FedAvg(min_available_nodes=1, min_train_nodes=1), lmap, budget=2)
+    start = ArrayRecord({k: Array(v.detach().numpy()) for k, v in model.state_dict().items()})
+    out = list(strategy.configure_train(1, start, ConfigRecord(), _QueryGrid(nodes, make_reply)))
+    assert {m.metadata.dst_node_id for m in out} == set(nodes)
+    ok = {n for n, (score, _) in kinds.items() if score == "ok"}
+    assert set(strategy.fallbacks[1]) == set(nodes) - ok
+    for node in set(nodes) - ok:
+        reason = strategy._round["fallback"][node]
+        expected = {"error": "error reply", "silent": "no reply", "none": "no scores"}.get(
+            kinds[node][0], "invalid scores"
+        )
+        assert expected in reason, (kinds[node], reason)
+    for node in ok:
+        budget = kinds[node][1]
+        valid_budget = (
+            isinstance(budget, int | float) and not isinstance(budget, bool) and np.isfinite(budget)
+        )
+        valid_budget = valid_budget and budget == int(budget) and budget >= 1
+        assert len(strategy.plans[1][node]) == (min(int(budget), len(layers)) if valid_budget else 2)

@@ -80,9 +80,10 @@ class SelectionMixin:
         replies = list(grid.send_and_receive(messages, timeout=self.query_timeout))
         for m in messages:  # counted once sent: the grid gives each message its id
             self._count(m.metadata.dst_node_id, down=message_nbytes(m))
-        sent = self._sent_ids(messages)
+        sent, answered = self._sent_ids(messages), set()
         for reply in replies:
             node = reply_node(reply, sent)
+            answered.add(node)
             self._count(node, up=message_nbytes(reply))
             if reply.has_error():
                 self._score_problems[node] = f"error reply to the score query: {reply.error.reason}"
@@ -90,8 +91,12 @@ class SelectionMixin:
             else:
                 self._harvest(node, reply.content, server_round)
         for node in nodes:
-            if node not in self.memory.scores:
-                self._score_problems.setdefault(node, "no reply to the score query")
+            if node not in self.memory.scores and node not in self._score_problems:
+                why = (
+                    "sent no scores in its query reply" if node in answered else "no reply to the score query"
+                )
+                self._score_problems[node] = why
+                self._warn(node, "no scores", why)
 
     def _select(self, server_round: int, nodes: list[int]) -> tuple[dict[int, list[str]], dict[int, str]]:
         from f3ocus import select_layers
