@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import FlopCounterMode
 
 if TYPE_CHECKING:
     from f3ocus.ntk.problem import NTKProblem
@@ -50,10 +51,14 @@ def coupling_probe(problem: NTKProblem, full: Tensor) -> str | None:
         return None
     one = tree_map(lambda t: t[0], problem.per_sample_inputs())
     try:
-        with torch.no_grad():
+        # The same one-sample pass counts the forward multiply-adds for the cost models
+        # (:func:`f3ocus.ntk.problem.forward_flops`), so that ``method="auto"`` needs no pass of its own.
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             row = problem.sample_outputs(problem.layer_params(), *one).reshape(-1)
     except Exception as err:  # noqa: BLE001 - any failure means the model needs the whole batch
         return f"the model does not run on sample 0 alone ({type(err).__name__}: {str(err)[:120]})"
+    bound = float(n * sum(problem.layer_sizes().values()))
+    problem._cache.setdefault("forward_flops", max(bound, n * counter.get_total_flops() / 2.0))
     ref = full[0].reshape(-1)
     if row.numel() != ref.numel():
         return (
