@@ -21,11 +21,10 @@ from f3ocus.selection.constraints import (
     as_previous,
     check_feasible,
 )
-from f3ocus.selection.decision import knee_tradeoff, pick
+from f3ocus.selection.decision import end_slope, knee_tradeoff, pareto_mask, pick
 from f3ocus.selection.inputs import as_budgets, as_score_matrix, normalize_scores
 from f3ocus.selection.plans import anchor_plan, repair
 from f3ocus.selection.problem import COUPLINGS, SelectionProblem, SelectionPymooProblem
-from f3ocus.selection.reference import pareto_mask
 from f3ocus.selection.solvers import SolverOutput, SolverSpec, get_solver
 
 __all__ = ["build_problem", "select_layers", "set_aside", "solve_problem"]
@@ -101,9 +100,7 @@ def _polish(
 
     imp, div = selection.benefit(masks), selection.diversity(masks)
     if tradeoff is None:  # the knee of the solver's own front: the optimum at its end-to-end slope
-        nd = np.flatnonzero(pareto_mask(np.column_stack([-imp, div])))
-        a, b = nd[np.argmax(imp[nd])], nd[np.argmin(div[nd])]
-        t = float((imp[a] - imp[b]) / (div[a] - div[b])) if div[a] > div[b] and imp[a] > imp[b] else 0.0
+        t = end_slope(imp, div)
     else:
         t = float(tradeoff)
     best = pick(imp, div, t)

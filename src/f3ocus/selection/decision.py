@@ -23,9 +23,38 @@ from __future__ import annotations
 import numpy as np
 
 from f3ocus.selection.problem import SelectionProblem
-from f3ocus.selection.reference import pareto_mask
 
-__all__ = ["knee_index", "knee_tradeoff", "pick", "pick_scalarized"]
+__all__ = ["end_slope", "knee_index", "knee_tradeoff", "pareto_mask", "pick", "pick_scalarized"]
+
+
+def pareto_mask(F: np.ndarray) -> np.ndarray:  # noqa: N803 - pymoo's name
+    """Rows of ``F`` (objectives to minimize, ``(P, M)``) not dominated by another row.
+
+    Duplicated rows are all kept.
+    """
+    F = np.asarray(F, dtype=np.float64)  # noqa: N806
+    leq = np.all(F[:, None, :] <= F[None, :, :], axis=-1)
+    lt = np.any(F[:, None, :] < F[None, :, :], axis=-1)
+    dominated = np.any(leq & lt, axis=0)
+    return ~dominated
+
+
+
+def end_slope(importance: np.ndarray, diversity: np.ndarray) -> float:
+    r"""$t^\star = (I_A - I_B) / (D_A - D_B)$ between the ends of the non-dominated points.
+
+    $A$ has the most importance, $B$ the least diversity; ``0.0`` when they do not span both objectives
+    (one point: every tradeoff picks it). The one definition used by the knee tradeoff, the final polish
+    and MOPSO's polishing grid.
+    """
+    imp = np.asarray(importance, dtype=np.float64)
+    div = np.asarray(diversity, dtype=np.float64)
+    nd = np.flatnonzero(pareto_mask(np.column_stack([-imp, div])))
+    a, b = nd[np.argmax(imp[nd])], nd[np.argmin(div[nd])]
+    d_range, i_range = float(div[a] - div[b]), float(imp[a] - imp[b])
+    if d_range <= 1e-12 or i_range <= 0:
+        return 0.0
+    return i_range / d_range
 
 
 def pick_scalarized(importance: np.ndarray, diversity: np.ndarray, tradeoff: float) -> int:
@@ -74,8 +103,5 @@ def knee_tradeoff(problem: SelectionProblem) -> float:
     from f3ocus.selection.exact import lexicographic_extremes
 
     a, b = lexicographic_extremes(problem)
-    d_range = float(problem.diversity(a) - problem.diversity(b))
-    i_range = float(problem.importance(a) - problem.importance(b))
-    if d_range <= 1e-12 or i_range <= 0:
-        return 0.0
-    return i_range / d_range
+    ends = np.stack([a, b])
+    return end_slope(problem.benefit(ends), problem.diversity(ends))

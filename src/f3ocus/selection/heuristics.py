@@ -30,12 +30,11 @@ def greedy_plan(problem: SelectionProblem, tradeoff: float) -> np.ndarray:
     mask = np.zeros((K, L), dtype=bool)
     left = problem.budgets.copy()
     n = np.zeros(L)
-    nbar = problem.budgets.sum() / L
     total = int(problem.budgets.sum())
     for _ in range(total):
-        if not problem.exact_budget:
-            nbar = (n.sum() + 1) / L
-        gain = problem.scores - (tradeoff / L) * (2.0 * n + 1.0 - 2.0 * nbar)[None, :]
+        # the closed-form gain of one more unit (f3ocus.selection.gains); the total term is a constant
+        # of the choice, but decides when an at-most greedy stops
+        gain = add_gains(problem, tradeoff, problem.scores, n[None, :]) + total_term(problem, tradeoff, n.sum(), 1.0)
         gain = np.where(mask | (left[:, None] == 0), -np.inf, gain)
         k, l = np.unravel_index(int(np.argmax(gain)), gain.shape)  # noqa: E741
         if not np.isfinite(gain[k, l]) or (not problem.exact_budget and gain[k, l] <= 0):

@@ -295,10 +295,9 @@ def decode_keys(keys: np.ndarray, problem: SelectionProblem) -> np.ndarray:
 
         take = None if problem.exact_budget else keys > 0.5
         return fill(keys, problem, np.random.default_rng(0), take=take)
-    order = np.argsort(-keys, axis=-1, kind="stable")
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(problem.L)[None, None, :], axis=-1)
-    masks = ranks < problem.budgets[None, :, None]
+    from f3ocus.selection.plans import top_b
+
+    masks = top_b(keys, problem.budgets)
     if not problem.exact_budget:
         masks &= keys > 0.5
     return masks

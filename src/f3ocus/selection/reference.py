@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from f3ocus.selection.decision import pareto_mask
 from f3ocus.selection.problem import SelectionProblem
 
 __all__ = [
@@ -103,18 +104,6 @@ def brute_force_optimum(problem: SelectionProblem, tradeoff: float) -> np.ndarra
     if len(plans) == 0:
         raise ValueError("no plan meets the constraints.")
     return plans[int(np.argmax(problem.scalarized(plans, tradeoff)))]
-
-
-def pareto_mask(F: np.ndarray) -> np.ndarray:  # noqa: N803 - pymoo's name
-    """Rows of ``F`` (objectives to minimize, ``(P, M)``) not dominated by another row.
-
-    Duplicated rows are all kept.
-    """
-    F = np.asarray(F, dtype=np.float64)  # noqa: N806
-    leq = np.all(F[:, None, :] <= F[None, :, :], axis=-1)
-    lt = np.any(F[:, None, :] < F[None, :, :], axis=-1)
-    dominated = np.any(leq & lt, axis=0)
-    return ~dominated
 
 
 def supported_mask(importance: np.ndarray, diversity: np.ndarray, tol: float = 1e-9) -> np.ndarray:

@@ -41,10 +41,10 @@ from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_dis
 from pymoo.util.display.multi import MultiObjectiveOutput
 
 from f3ocus._checks import check_int, check_positive_float
+from f3ocus.selection.decision import end_slope, pareto_mask
 from f3ocus.selection.operators import BudgetSampling
 from f3ocus.selection.plans import fill, top_b
 from f3ocus.selection.problem import SelectionPymooProblem
-from f3ocus.selection.reference import pareto_mask
 from f3ocus.selection.solvers import register_solver
 from f3ocus.selection.solvers._moves import apply_moves, draw_out_slots, move_gains, polish, uniform_targets
 
@@ -166,8 +166,7 @@ class MOPSO(Algorithm):
             return
         F = self.repository.get("F")  # noqa: N806
         imp, div = -F[:, 0], F[:, 1]
-        a, b = int(np.argmax(imp)), int(np.argmin(div))
-        slope = (imp[a] - imp[b]) / (div[a] - div[b]) if div[a] > div[b] and imp[a] > imp[b] else 1.0
+        slope = end_slope(imp, div)
         half = self.n_polish // 2
         grid = [0.0] + [float(slope * 2.0 ** (j / 2)) for j in range(-half, self.n_polish - half)]
         target = getattr(self.problem, "target_tradeoff", None)
