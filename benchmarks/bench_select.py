@@ -250,6 +250,20 @@ def bench_constrained(sizes, taus, seeds, solvers, log, time_limit=10.0) -> list
     return rows
 
 
+def render_constrained(result: dict) -> str:
+    """Markdown table of a ``--constrained`` run: gap to the best plan found, and CPU seconds."""
+    rows = result["rows"]
+    names = list(rows[0]["solvers"]) if rows else []
+    head = "| K | L | tau | MIP s | MIP gap to bound | " + " | ".join(names) + " |\n"
+    head += "|" + "---|" * (5 + len(names)) + "\n"
+    lines = [
+        f"| {r['K']} | {r['L']} | {r['tau']} | {r['mip_seconds']:.1f} | {r['mip_gap']:.2%} | "
+        + " | ".join(f"{r['solvers'][n]['gap']:.2%} ({r['solvers'][n]['cpu_seconds']:.1f} s)" for n in names) + " |"
+        for r in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
 def render_markdown(result: dict) -> str:
     """The tables of the docs page from a results JSON: a summary per solver and K, then every cell."""
     rows = result["solvers"]
@@ -323,7 +337,9 @@ def main(argv=None) -> Path:
     parser.add_argument("--skip-exact", action="store_true", help="leave out the exact-solver scaling table")
     args = parser.parse_args(argv)
     if args.table is not None:
-        print(render_markdown(json.loads(args.table.read_text())), end="")
+        data = json.loads(args.table.read_text())
+        render = render_constrained if data.get("benchmark") == "select_constrained" else render_markdown
+        print(render(data), end="")
         return args.table
     solvers = args.solvers or [*available_solvers(), "mopso:local_search=False"]
     if args.constrained:

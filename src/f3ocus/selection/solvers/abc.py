@@ -25,6 +25,10 @@ every neighbor keeps the budgets; a neighbor is one of (probabilities ``move_pro
   :mod:`~f3ocus.selection.solvers._moves` (possibly "stay");
 - **exchange**: the best exchange of layers between two random clients (it keeps the layer counts
   and so reaches plans that single moves cannot improve).
+
+Final local improvement (``polish=True``, declared at registration; ``polish=False`` turns it off): the
+reported plan climbs by steepest ascent over single moves, two-client exchanges and, with costs, knapsack
+moves (:func:`f3ocus.selection.solvers._moves.polish`), as for GA, NSGA-II, PSO and DE.
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ By default $T_0$ is the standard deviation of the gains of uniform random moves 
 chains (the spread of the objective changes the search meets at the start) and $T_1 = 10^{-3} T_0$.
 If the termination allows more than $n$ iterations the schedule restarts at $T_0$ (re-annealing from
 the chains' current plans). The reported plan is the best one any chain visited.
+
+Final local improvement (``polish=True``, declared at registration; ``polish=False`` turns it off): the
+reported plan climbs by steepest ascent over single moves, two-client exchanges and, with costs, knapsack
+moves (:func:`f3ocus.selection.solvers._moves.polish`), as for GA, NSGA-II, PSO and DE.
 """
 
 from __future__ import annotations
