@@ -307,8 +307,8 @@ def select_layers(
         [[0], [0], [0]]
         >>> select_layers(scores, 1, solver="exact", tradeoff=10.0).counts.tolist()
         [1, 1, 1]
-        >>> select_layers(scores, 1, solver="exact", tradeoff=0.0, forbidden=[[0], [], []]).layers
-        [[1], [0], [0]]
+        >>> select_layers(scores, 1, solver="exact", tradeoff=0.0, forbidden=[[], [0], []]).layers
+        [[0], [1], [0]]
     """
     raw, names = as_score_matrix(scores)
     if exact_budget is not None and not isinstance(exact_budget, (bool, np.bool_)):
