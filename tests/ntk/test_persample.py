@@ -226,3 +226,33 @@ def test_persample_matches_dense_over_shapes(n, classes, width, seq, kernel, see
     scale = max(max(ref.values()), 1e-30)
     for layer in ref:
         assert got[layer] == pytest.approx(ref[layer], rel=1e-6, abs=1e-12 * scale)
+
+
+class _DataDependentPos(nn.Module):
+    """A raw parameter used through a per-sample Python loop (as ViLT builds its position embeddings)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Module()
+        self.embed.pos = nn.Parameter(torch.randn(1, 4, 3, dtype=F64))
+        self.lin = nn.Linear(3, 2).double()
+
+    def forward(self, x):
+        pos = torch.cat([self.embed.pos * (1.0 + (i % 2)) for i in range(x.shape[0])], dim=0)
+        return self.lin(torch.tanh(x + pos)).mean(1)
+
+
+def test_parameters_the_taps_cannot_follow_get_rows_from_their_owners_output():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = _DataDependentPos()
+    x = torch.randn(3, 4, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
+    with scoring_problem(model, x) as problem:
+        plan = jacobian_plan(problem)
+        assert "embed.pos" in plan.fallback
+        rows, rest = _hooked_rows(problem, plan, problem.layer_params(), chunk_size=None, batched=True)
+        assert rest == []  # no torch.func fallback (N M reverse passes through the whole model)
+        got = per_sample_jacobians(problem)
+        ref = dense_layer_jacobians(problem)
+    for layer in ref:
+        torch.testing.assert_close(got[layer], ref[layer], rtol=1e-10, atol=1e-12)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -206,6 +207,12 @@ def _hooked_rows(
     }
     taps = ParameterTaps({k: live[k] for k in tapped}, n)
     handles = [mod.register_forward_hook(hook) for mod, _ in plan.modules]
+    # The owner of every tapped parameter keeps its (batch-first) output: where the taps cannot
+    # classify a use (data-dependent code such as ViLT's patch selection), the rows come from the
+    # backprop of that output instead (see _owner_rows).
+    owner_of, owner_out = _owners(problem.model, tapped)
+    for module in {id(o): o for chain in owner_of.values() for o in chain}.values():
+        handles.append(module.register_forward_hook(_capture(owner_out, n)))
     try:
         with torch.enable_grad(), taps if tapped else nullcontext():
             out = problem.outputs(live)  # (N, M)
@@ -215,7 +222,15 @@ def _hooked_rows(
     if unbatched:
         return frozenset(unbatched)
     local_to_name = {(id(mod), local): name for name, own in plan.hooked.items() for mod, local in own}
-    served = [k for k in tapped if k not in taps.bad]
+    by_owner: dict[int, list[str]] = {}  # owner -> the tapped parameters it holds
+    for k in tapped:  # the innermost module around the parameter that returned a batch-first tensor
+        o = next((o for o in owner_of.get(k, []) if isinstance(owner_out.get(id(o)), Tensor)), None)
+        if o is not None:
+            by_owner.setdefault(id(o), []).append(k)
+    outputs = {i: owner_out[i] for i in by_owner}
+    kept: dict[int, list[tuple[int, int, Tensor]]] = {i: [] for i in by_owner}  # backprops, per chunk
+    from_owner = {k for names in by_owner.values() for k in names if k in taps.bad}
+    served = [k for k in tapped if k not in taps.bad or k in from_owner]
     result: dict[str, Tensor] = {}  # name -> (M, N, *shape), output-major: the layout the backprops have
     owned: set[str] = set()
 
@@ -232,7 +247,7 @@ def _hooked_rows(
         result[name][start:stop] += value
 
     totals = {name: params[name].new_zeros(m, *params[name].shape) for name in served}
-    targets = [c[3] for c in calls] + [t.out for t in taps.taps] + [live[k] for k in served]
+    targets = [c[3] for c in calls] + [t.out for t in taps.taps] + list(outputs.values()) + [live[k] for k in served]
     step = m if chunk_size is None else max(1, min(chunk_size, m))
     for start in range(0, m, step):
         stop = min(start + step, m)
@@ -252,25 +267,85 @@ def _hooked_rows(
                 if name is not None:
                     add(name, start, stop, per_sample)
         for t, g in zip(taps.taps, grads[len(calls) :], strict=False):
-            if g is not None and t.root in served:
+            if g is not None and t.root in served and t.root not in from_owner:
                 add(t.root, start, stop, taps.rows(t, g))
-        for name, g in zip(served, grads[len(calls) + len(taps.taps) :], strict=True):
+        first = len(calls) + len(taps.taps)
+        for (i, y), g in zip(outputs.items(), grads[first : first + len(outputs)], strict=True):
+            if g is None:
+                continue
+            kept[i].append((start, stop, g))
+            names = [k for k in by_owner[i] if k in from_owner]
+            if not names:
+                continue
+            for name, rows in zip(names, _owner_rows(y, [live[k] for k in names], g, batched), strict=True):
+                add(name, start, stop, rows)
+        for name, g in zip(served, grads[first + len(outputs) :], strict=True):
             if g is not None:
                 totals[name][start:stop] = g
     for name in [*plan.hooked, *served]:  # parameters that no call reached: zero rows
         if name not in result:
             result[name] = params[name].new_zeros(m, n, *params[name].shape)
     # The taps must account for every use: their rows sum over samples to the batch gradient.
-    missed = [
-        k
-        for k in served
-        if not torch.allclose(
-            result[k].sum(1), totals[k], rtol=1e-4, atol=1e-6 * (1 + totals[k].abs().max().item())
-        )
-    ]
-    for k in missed:
+    def complete(k: str) -> bool:
+        scale = 1 + totals[k].abs().max().item()
+        return torch.allclose(result[k].sum(1), totals[k], rtol=1e-4, atol=1e-6 * scale)
+
+    missed = [k for k in served if not complete(k)]
+    for k in missed:  # a use the taps missed: the rows from the owner's output, else the fallback
         del result[k]
+        owner = next((i for i, names in by_owner.items() if k in names), None)
+        if owner is None or k in from_owner:
+            continue
+        owned.discard(k)
+        for start, stop, g in kept[owner]:
+            add(k, start, stop, _owner_rows(outputs[owner], [live[k]], g, batched)[0])
+        if k in result and not complete(k):
+            del result[k]
     return result, [k for k in plan.fallback if k not in result]
+
+
+def _owners(model: nn.Module, names: list[str]) -> tuple[dict[str, list[nn.Module]], dict[int, Any]]:
+    """Parameter name -> the modules around it, innermost first, and an empty record of their outputs."""
+    owner_of: dict[str, list[nn.Module]] = {}
+    for name in names:
+        parts = name.split(".")[:-1]
+        chain = []
+        for i in range(len(parts), -1, -1):
+            try:
+                chain.append(model.get_submodule(".".join(parts[:i])))
+            except AttributeError:
+                continue
+        owner_of[name] = chain
+    return owner_of, {}
+
+
+def _capture(record: dict[int, Any], n: int):
+    """A forward hook that records a module's batch-first output tensor (``None`` if called twice)."""
+
+    def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+        y = output
+        if isinstance(output, (tuple, list)):
+            y = next((o for o in output if isinstance(o, Tensor)), None)
+        ok = isinstance(y, Tensor) and y.dim() > 0 and y.shape[0] == n and y.requires_grad
+        record[id(module)] = None if id(module) in record or not ok else y
+
+    return hook
+
+
+def _owner_rows(y: Tensor, params: list[Tensor], g: Tensor, batched: bool) -> list[Tensor]:
+    r"""Rows ``(K, N, *p.shape)`` of ``params`` from the backprops ``g`` ``(K, N, ...)`` of their owner's output.
+
+    Row $(k, n)$ is $\partial \langle g_k[n], y_n \rangle / \partial p$: one backward pass through the
+    owner's part of the graph per row (batched), with the cotangent masked to sample $n$.
+    """
+    k, n = g.shape[:2]
+    mask = torch.eye(n, dtype=g.dtype, device=g.device).reshape(1, n, n, *[1] * (g.dim() - 2))
+    cot = (g.unsqueeze(1) * mask).reshape(k * n, *g.shape[1:])
+    grads = _backprops(y, params, cot, batched=batched)
+    return [
+        p.new_zeros(k, n, *p.shape) if gr is None else gr.reshape(k, n, *p.shape)
+        for p, gr in zip(params, grads, strict=True)
+    ]
 
 
 @contextmanager
