@@ -14,6 +14,13 @@ Linear layer). A module called several times, and a parameter owned by several m
 tying), accumulate every call. Cost: one forward and $M$ backprop-only backward passes for the whole
 model, plus one per-sample weight-gradient contraction per call, $O(NM \cdot S \cdot P)$.
 
+*Taps* (:mod:`f3ocus.ntk.taps`), for raw parameters used through ordinary tensor operations, and,
+where the taps cannot classify a use (data-dependent code such as ViLT's per-sample patch selection),
+*owner rows*: the innermost module around the parameter that returns a batch-first tensor $y$ keeps
+that output, its backprop $G_m$ comes from the same batched backward pass, and row $(n, m)$ is
+$\partial \langle G_m[n], y_n \rangle / \partial p$, one backward pass through that module's part of
+the graph per row (batched). Both are checked: their rows must sum over samples to the batch gradient.
+
 *torch.func fallback*, for every other parameter (a raw ``nn.Parameter`` used in ``forward``,
 ``nn.MultiheadAttention.in_proj_weight``, custom modules): ``vmap`` over samples of ``jacrev`` of
 :meth:`~f3ocus.ntk.problem.NTKProblem.sample_outputs` with respect to those parameters only. It is
