@@ -17,6 +17,13 @@ GOOD = np.array([[3.0, 1.0, 2.0], [1.0, 4.0, 1.0]])
         (np.array([[1.0, np.nan, 2.0]]), ValueError, r"scores must be finite: scores\[0, 1\] = nan"),
         (np.array([[1.0, 2.0], [np.inf, 1.0]]), ValueError, r"scores\[1, 0\] = inf"),
         (np.array([[1.0, -2.0]]), ValueError, r"scores must be >= 0.*scores\[0, 1\] = -2"),
+        (
+            np.array([[1.0, -2.0]]),
+            ValueError,
+            r"scores must be >= 0: scores\[0, 1\] = -2\.0\. Signed layer scores \(e\.g\. score='grasp'\) need a "
+            r"transform first: f3ocus\.scoring\.make_nonnegative\(scores, 'shift'\) keeps order and gaps, 'rank' "
+            r"keeps only the order; or pass transform='shift' to f3ocus\.layer_scores\.",
+        ),
         (np.ones(3), ValueError, r"scores must be 2-D .* got shape \(3,\)"),
         (np.ones((2, 3, 1)), ValueError, r"scores must be 2-D"),
         (np.ones((0, 3)), ValueError, r"at least one client and one layer"),
@@ -119,3 +126,17 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     with pytest.raises(MissingExtraError, match=r"pip install 'f3ocus\[plot\]'"):
         plan.plot()
+
+
+def test_negative_scores_advice_works():
+    signed = [
+        f3ocus.LayerScores({"a": 2.0, "b": -1.0, "c": 0.5}),
+        f3ocus.LayerScores({"a": -3.0, "b": 1.0, "c": 4.0}),
+    ]
+    with pytest.raises(ValueError, match=r"make_nonnegative\(scores, 'shift'\)"):
+        f3ocus.select_layers(signed, 1, solver="topk")
+    for how in ("shift", "rank"):
+        fixed = [f3ocus.scoring.make_nonnegative(s, how) for s in signed]
+        plan = f3ocus.select_layers(fixed, 1, solver="topk")
+        # the transforms keep the order, so each client keeps its own top layer
+        assert plan.layers == [["a"], ["c"]]

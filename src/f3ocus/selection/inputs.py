@@ -116,7 +116,9 @@ def as_score_matrix(scores: Any) -> tuple[np.ndarray, tuple[str, ...] | None]:
     if (array < 0).any():
         k, j = map(int, np.argwhere(array < 0)[0])
         raise ValueError(
-            f"scores must be >= 0 (they are eigenvalues of PSD kernels): scores[{k}, {j}] = {array[k, j]}."
+            f"scores must be >= 0: scores[{k}, {j}] = {array[k, j]}. Signed layer scores (e.g. score='grasp') "
+            "need a transform first: f3ocus.scoring.make_nonnegative(scores, 'shift') keeps order and gaps, "
+            "'rank' keeps only the order; or pass transform='shift' to f3ocus.layer_scores."
         )
     return array, names
 
