@@ -56,3 +56,32 @@ def test_other_reduction_matches_reference(score, reduction):
 def _num_samples(batch):
     leaf = batch if isinstance(batch, torch.Tensor) else (batch[0] if isinstance(batch, (tuple, list)) else next(iter(batch.values())))
     return leaf.shape[0]
+
+
+def _centred_ce(out, t):
+    """A loss that couples samples: sample n's loss depends on the batch mean of the logits."""
+    return torch.nn.functional.cross_entropy(out - out.mean(0, keepdim=True), t, reduction="none")
+
+
+def _contrastive(out, t):
+    """InfoNCE over the batch: every sample's loss reads every other sample's embedding."""
+    z = torch.nn.functional.normalize(out, dim=1)
+    return torch.nn.functional.cross_entropy(z @ t.T / 0.5, torch.arange(len(z)), reduction="none")
+
+
+@pytest.mark.parametrize("score", LOSS_SCORES)
+@pytest.mark.parametrize("loss", ["centred", "contrastive"])
+def test_losses_that_couple_samples_match_the_reference(score, loss):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).to(F64)
+    x = torch.randn(5, 4, dtype=F64)
+    if loss == "centred":
+        kw = {"loss_fn": _centred_ce, "targets": torch.randint(0, 3, (5,))}
+    else:
+        kw = {"loss_fn": _contrastive, "targets": torch.randn(5, 3, dtype=F64)}
+    got = layer_scores(model, x, score, **kw)
+    ref = reference_scores(model, x, score, **kw)
+    _assert_close(got, ref)
+    # the per-sample row engine alone would be wrong here: the sample-alone losses differ from the batch's
+    alone = torch.cat([kw["loss_fn"](model(x[i : i + 1]), kw["targets"][i : i + 1]) for i in range(5)])
+    assert not torch.allclose(alone, kw["loss_fn"](model(x), kw["targets"]))

@@ -4,11 +4,11 @@ Slow and simple on purpose: every score of :func:`f3ocus.layer_scores` is tested
 :func:`reference_scores` in float64, and users can call it to check a custom model or score. Unlike the
 fast paths, the references
 
-- run the model itself (its own ``nn.Parameter`` objects, in eval mode) one sample at a time,
-  ``model(*inputs_n)``, and differentiate every sample's loss $\ell_n$ with ``torch.autograd.grad``,
-  one parameter at a time;
-- build the batch gradient as the average $g = \frac1N \sum_n \nabla \ell_n$ (samples do not interact in
-  eval mode) and the Hessian-vector product as $H g = \frac1N \sum_n \nabla (\nabla \ell_n^\top g)$;
+- run the model itself (its own ``nn.Parameter`` objects, in eval mode) on the whole batch and
+  differentiate every entry $\ell_n$ of ``loss_fn(output, targets)`` with ``torch.autograd.grad``, one
+  sample and one parameter at a time (so losses that couple samples are differentiated exactly);
+- build the batch gradient as the average $g = \frac1N \sum_n \nabla \ell_n$ and the Hessian-vector
+  product as $H g = \frac1N \sum_n \nabla (\nabla \ell_n^\top g)$;
 - apply SynFlow to a deep copy of the model whose weights are made absolute in place.
 
 The model's state is restored afterwards (as by :func:`f3ocus.layer_scores`).
@@ -55,14 +55,14 @@ def split_samples(tree: Any, n: int, count: int) -> Any:
 
 
 def _sample_losses(model: nn.Module, batch: Any, loss_fn: Callable, targets: Any, output_fn: Callable) -> list[Tensor]:
-    """``[ell_0, ..., ell_{N-1}]``, each from a forward pass of its sample alone."""
+    """``[ell_0, ..., ell_{N-1}]``: the entries of ``loss_fn(output, targets)`` of one forward pass of the
+    whole batch (exact also where the losses couple samples, e.g. a contrastive or batch-centred loss)."""
     count = _count(batch)
     args, kwargs = _inputs(batch)
-    losses = []
-    for n in range(count):
-        a, kw, t = split_samples((args, kwargs, targets), n, count)
-        losses.append(loss_fn(output_fn(model(*a, **kw)), t).reshape(()))
-    return losses
+    losses = loss_fn(output_fn(model(*args, **kwargs)), targets).reshape(-1)
+    if losses.numel() != count:
+        raise ValueError(f"loss_fn must return one loss per sample: got {losses.numel()} for {count} samples.")
+    return list(losses.unbind(0))
 
 
 def _grads(value: Tensor, params: list[Tensor], *, create_graph: bool = False) -> list[Tensor]:
