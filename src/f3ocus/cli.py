@@ -51,6 +51,7 @@ def _task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="questions per local step")
     p.add_argument("--lr", type=float, default=d.lr, help="local learning rate")
     p.add_argument("--warmup-rounds", type=int, default=d.warmup_rounds, help="head-only warm-up rounds")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="local steps per warm-up round")
     p.add_argument("--kernel", default=d.kernel, choices=["output", "sum", "loss"], help="NTK kernel")
     p.add_argument("--score-samples", type=int, default=d.score_samples, help="NTK batch size per client")
     p.add_argument("--test-images", type=int, default=d.test_images, help="test images (all their questions)")
@@ -116,6 +117,7 @@ def _task(args: argparse.Namespace):
         "batch_size": args.batch_size,
         "lr": args.lr,
         "warmup_rounds": args.warmup_rounds,
+        "warmup_steps": args.warmup_steps,
         "score_samples": args.score_samples,
         "kernel": args.kernel,
         "solver": args.solver,

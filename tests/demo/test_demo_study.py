@@ -19,7 +19,7 @@ pytestmark = [
 ]
 
 TINY = TaskConfig(
-    rounds=2,
+    rounds=1,
     clients=2,
     budgets=(1, 2),
     samples_per_client=16,
@@ -90,7 +90,7 @@ def test_resume_recomputes_only_missing_cells_identically(study):
 def test_resume_with_another_task_is_an_error(study):
     out, _ = study
     other = StudyConfig(TaskConfig(rounds=3), (0,), STUDY.blocks)
-    with pytest.raises(ValueError, match=r"holds a study of another task .*'rounds': \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"holds a study of another task .*'rounds': \(1, 3\)"):
         run_study(other, out, jobs=1, progress=False)
 
 

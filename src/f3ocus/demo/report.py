@@ -142,7 +142,7 @@ def markdown_table(summary: dict[str, Any], task: dict[str, Any] | None = None) 
             f"**Dirichlet α = {alpha}** (test accuracy in %, mean ± 95 % CI half-width over seeds; Student t)",
             "",
             f"| strategy | seeds | after round {rounds} | mean of last {tail} rounds | yes/no | other "
-            "| start | largest drop of the mean curve | plan diversity | MB up / round |",
+            "| start | largest drop of the mean curve below start | plan diversity | MB up / round |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for s, e in strategies.items():
@@ -169,7 +169,8 @@ def markdown_table(summary: dict[str, Any], task: dict[str, Any] | None = None) 
     if task:
         lines.append(
             f"Task: {task.get('clients')} clients, {task.get('samples_per_client')} questions per client on "
-            f"average, budgets {task.get('budgets') or 'default (2..6)'} encoder layers + the head, "
+            f"average, budgets {task.get('budgets') or 'default (2..6)'} encoder layers + the head, warm start "
+            f"{task.get('warmup_rounds')} head-only rounds × {task.get('warmup_steps')} steps, "
             f"{task.get('rounds')} rounds × {task.get('local_steps')} local Adam steps of "
             f"{task.get('batch_size')} questions at lr {task.get('lr')}, NTK {task.get('kernel')!r} kernel on "
             f"{task.get('score_samples')} questions per client, {task.get('test_images')} test images, "
@@ -234,8 +235,8 @@ def plot_forest(summary: dict[str, Any], path: str | Path) -> None:
 
 
 def sweep_points(block: dict[str, Any]) -> list[tuple[str, float, dict]]:
-    """The tradeoff sweep of one $\\alpha$: ``(strategy, multiple c of t*, final CI)`` for top-k (c = 0),
-    ``f3ocus-exact`` (c = 1) and every ``exact-x<c>``, sorted by c, with the mean plan diversity."""
+    """The tradeoff sweep of one $\\alpha$: ``(strategy, c, summary entry)`` for top-k (c = 0),
+    ``f3ocus-exact`` (the knee of the exact front, placed at c = 1) and every ``exact-x<c>``, sorted by c."""
     points = []
     for s, e in block["strategies"].items():
         if s == "topk":
@@ -267,8 +268,9 @@ def plot_tradeoff(summary: dict[str, Any], path: str | Path) -> bool:
         y = [100 * e["final"]["mean"] for _, _, e in points]
         err = [100 * e["final"]["half_width"] for _, _, e in points]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"α = {alpha}")
-        for (_, c, _), xi, yi in zip(points, x, y, strict=True):
-            ax.annotate(f"t={c:g}·t*", (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        for (s, c, _), xi, yi in zip(points, x, y, strict=True):
+            text = {"topk": "t=0 (top-k)", "f3ocus-exact": "knee (F³OCUS exact)"}.get(s, f"t={c:g}·t*")
+            ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=7)
     ax.set_xlabel("plan diversity (variance of the layer counts, mean over rounds; lower = more balanced)")
     ax.set_ylabel("final test accuracy (%), 95 % CI")
     ax.set_title("exact solver: importance − t · diversity", fontsize=10)
@@ -278,6 +280,22 @@ def plot_tradeoff(summary: dict[str, Any], path: str | Path) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def _machine(cells: dict[str, Any]) -> dict[str, Any]:
+    import os
+    import platform
+
+    import torch
+
+    recs = [rec for seeds in cells["cells"].values() for per in seeds.values() for rec in per.values()]
+    return {
+        "device": sorted({rec.get("device", "cpu") for rec in recs}),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "run_seconds_total": float(sum(rec["seconds"] + rec.get("setup_seconds", 0.0) for rec in recs)),
+    }
 
 
 def write_report(cells: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
@@ -298,7 +316,10 @@ def write_report(cells: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     paths = {"summary": out / "summary.json", "table": out / "table.md", "accuracy": out / "accuracy.png"}
     problems = check_pairing(cells["cells"])
     paths["summary"].write_text(
-        json.dumps({"task": cells["task"], "pairing_problems": problems, "summary": summary}, indent=1)
+        json.dumps(
+            {"task": cells["task"], "machine": _machine(cells), "pairing_problems": problems, "summary": summary},
+            indent=1,
+        )
     )
     paths["table"].write_text(markdown_table(summary, cells["task"]))
     plot_accuracy(summary, paths["accuracy"])

@@ -77,8 +77,8 @@ class TaskConfig:
     local_steps: int = 4
     batch_size: int = 16
     lr: float = 1e-4
-    warmup_rounds: int = 2
-    warmup_steps: int = 10
+    warmup_rounds: int = 8
+    warmup_steps: int = 20
     warmup_lr: float = 1e-3
     score_samples: int = 4
     kernel: str = "loss"
@@ -337,6 +337,8 @@ def run_seed(
                     "client_sizes": [len(c) for c in data.clients],
                     "test_size": len(data.test),
                     "setup_seconds": setup,
+                    "device": config.device,
+                    "threads": torch.get_num_threads(),
                 }
             )
             out[strategy] = rec
