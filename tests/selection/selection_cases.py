@@ -54,7 +54,8 @@ tradeoffs = st.sampled_from([0.0, 0.01, 0.1, 0.5, 1.0, 3.0, 30.0])
 
 def constrained_problem(K: int, L: int, seed: int, kinds) -> SelectionProblem:  # noqa: N803
     """A seeded problem with the constraints named in ``kinds`` (``"costs"``, ``"required"``, ``"allowed"``,
-    ``"coverage"``, ``"churn"``, ``"agree"``, ``"at_most"``); it may have no feasible plan."""
+    ``"coverage"``, ``"churn"``, ``"agree"``, ``"at_most"``, ``"limit"``: ``max_changes``); it may have no
+    feasible plan."""
     rng = np.random.default_rng(seed)
     S = rng.lognormal(0.0, 1.5, (K, L))  # noqa: N806
     S = S / S.sum(axis=1, keepdims=True)  # noqa: N806
@@ -82,6 +83,9 @@ def constrained_problem(K: int, L: int, seed: int, kinds) -> SelectionProblem:  
     if "churn" in kinds:
         kw["previous"] = rng.random((K, L)) < 0.4
         kw["churn_penalty"] = float(rng.choice([0.01, 0.1]))
+    if "limit" in kinds:
+        kw.setdefault("previous", rng.random((K, L)) < 0.4)
+        kw["max_changes"] = rng.integers(0, 4, size=K)
     if "agree" in kinds:
         kw["coupling"] = "agree"
     return SelectionProblem(S, budgets, exact, **kw)

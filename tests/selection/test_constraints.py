@@ -17,7 +17,7 @@ from f3ocus.selection.problem import SelectionProblem
 from f3ocus.selection.reference import brute_force_optimum, enumerate_plans
 from f3ocus.selection.solvers._moves import _best_single_moves, draw_out_slots, move_gains, pair_exchanges
 
-KINDS = ["costs", "required", "allowed", "coverage", "churn", "agree", "at_most"]
+KINDS = ["costs", "required", "allowed", "coverage", "churn", "agree", "at_most", "limit"]
 
 
 @st.composite

@@ -18,6 +18,7 @@ from f3ocus.selection.constraints import (
     as_cells,
     as_costs,
     as_coverage,
+    as_max_changes,
     as_previous,
     check_feasible,
 )
@@ -207,6 +208,8 @@ def _constraint_stats(selection: SelectionProblem, mask: np.ndarray) -> dict[str
                    loads=selection.loads(mask).tolist())
     if selection.previous is not None:
         out.update(changes=int(selection.changes(mask)), churn_penalty=selection.churn_penalty)
+    if selection.max_changes is not None:
+        out.update(max_changes=selection.max_changes.tolist(), row_changes=selection.row_changes(mask).tolist())
     for name in ("required", "allowed"):
         cells = getattr(selection, name)
         if cells is not None:
@@ -250,6 +253,7 @@ def select_layers(
     previous: Any = None,
     churn_penalty: float = 0.0,
     coupling: str = "spread",
+    max_changes: Any = None,
     **solver_options: Any,
 ) -> LayerAssignment:
     r"""Decide which layers each client trains (F³OCUS server step, Saha et al., CVPR 2025).
@@ -287,6 +291,8 @@ def select_layers(
         min_coverage: each layer trained by at least this many clients (int, per layer, or a mapping).
         previous: last round's ``LayerAssignment`` or ``(K, L)`` mask, for ``churn_penalty``.
         churn_penalty: objective price $\lambda \ge 0$ per cell that differs from ``previous``.
+        max_changes: a hard limit on churn: client $k$'s plan differs from row $k$ of ``previous`` in at
+            most ``max_changes[k]`` cells (an int for every client or one int per client; needs ``previous``).
         coupling: ``"spread"`` (default, F³OCUS: minimize the variance of the counts) or ``"agree"``
             (Sun et al. 2024: penalize disagreement $\frac{1}{L}\sum_l n_l (K - n_l)$).
         **solver_options: the solver's own options (e.g. ``pop_size``, ``n_gen``), checked against the
@@ -321,7 +327,7 @@ def select_layers(
     selection = build_problem(
         normalized, names, budget, scores=scores, exact_budget=exact_budget, costs=costs, required=required,
         required_in_budget=required_in_budget, forbidden=forbidden, allowed=allowed, min_coverage=min_coverage,
-        previous=previous, churn_penalty=churn_penalty, coupling=coupling,
+        previous=previous, churn_penalty=churn_penalty, coupling=coupling, max_changes=max_changes,
     )
     reduced, fixed = set_aside(selection)
     result = solve_problem(
@@ -382,6 +388,10 @@ def set_aside(selection: SelectionProblem) -> tuple[SelectionProblem, np.ndarray
     def cols(a):
         return None if a is None else a[..., keep]
 
+    limit = selection.max_changes
+    if limit is not None:  # the set-aside columns are trained: each one previous lacks is a change already
+        limit = limit - (~selection.previous[:, fixed]).sum(axis=1)
+
     required = cols(selection.required)
     reduced = SelectionProblem(
         selection.scores[:, keep], budgets, selection.exact_budget,
@@ -389,6 +399,7 @@ def set_aside(selection: SelectionProblem) -> tuple[SelectionProblem, np.ndarray
         costs=cols(selection.costs), capacities=capacities, required=required if required.any() else None,
         allowed=cols(selection.allowed), min_coverage=cols(selection.min_coverage),
         previous=cols(selection.previous), churn_penalty=selection.churn_penalty, coupling=selection.coupling,
+        max_changes=limit,
     )
     return reduced, fixed
 
@@ -397,7 +408,7 @@ def build_problem(
     normalized: np.ndarray, names, budget: Any, *, scores: Any = None, exact_budget: bool | None = None,
     costs: Any = None, required: Any = None, required_in_budget: bool = True, forbidden: Any = None,
     allowed: Any = None, min_coverage: Any = None, previous: Any = None, churn_penalty: float = 0.0,
-    coupling: str = "spread",
+    coupling: str = "spread", max_changes: Any = None,
 ) -> SelectionProblem:
     """The :class:`SelectionProblem` of :func:`select_layers`'s arguments, every one checked.
 
@@ -421,6 +432,7 @@ def build_problem(
     churn = check_positive_float("churn_penalty", churn_penalty, allow_zero=True)
     if churn > 0 and prev is None:
         raise ValueError(f"churn_penalty={churn:g} prices changes against previous=, but previous is None.")
+    limit = as_max_changes(max_changes, prev, K, req, ok)
     if req is not None and ok is not None and np.any(req & ~ok):
         check_feasible(np.zeros(K, np.int64), True, None, None, req, ok, None, names)
     if cost is None:
@@ -452,8 +464,8 @@ def build_problem(
         check_feasible(budgets, False, cost, capacities, req, ok, coverage, names)
     selection = SelectionProblem(
         normalized, budgets, bool(exact_budget), names, costs=cost, capacities=capacities, required=req,
-        allowed=ok, min_coverage=coverage, previous=prev, churn_penalty=churn, coupling=coupling,
+        allowed=ok, min_coverage=coverage, previous=prev, churn_penalty=churn, coupling=coupling, max_changes=limit,
     )
-    if coverage is not None and coverage.any():
+    if (coverage is not None and coverage.any()) or limit is not None:
         anchor_plan(selection)  # raises a ValueError that says why when no plan meets the constraints
     return selection

@@ -12,6 +12,8 @@ r"""Client constraints of :func:`~f3ocus.selection.select_layers`, checked and t
   mapping layer name -> int).
 - ``previous`` (a ``LayerAssignment`` or a ``(K, L)`` bool mask) with ``churn_penalty`` $\lambda$: the
   objective loses $\lambda$ per cell that differs from ``previous``.
+- ``max_changes`` (with ``previous``): a hard limit, row $k$ of the plan differs from row $k$ of
+  ``previous`` in at most ``max_changes[k]`` cells (an int, or one int per client).
 
 Cell sets (``required``, ``forbidden``, ``allowed``) are a ``(K, L)`` bool mask, an ``(L,)`` bool mask (the
 same for every client), a list of layer names or column indices (every client), or one such list per
@@ -28,7 +30,7 @@ import numpy as np
 
 from f3ocus._checks import close_matches, describe
 
-__all__ = ["as_capacities", "as_cells", "as_costs", "as_coverage", "as_previous", "check_feasible"]
+__all__ = ["as_capacities", "as_cells", "as_costs", "as_coverage", "as_max_changes", "as_previous", "check_feasible"]
 
 
 def _name_index(argname: str, item: Any, names: Sequence[str] | None, L: int) -> int:  # noqa: N803
@@ -178,6 +180,51 @@ def as_previous(previous: Any, K: int, L: int) -> np.ndarray | None:  # noqa: N8
     if array.dtype != bool and not np.all(np.isin(array, (0, 1))):
         raise ValueError("previous must be a 0/1 (bool) plan.")
     return array.astype(bool)
+
+
+def as_max_changes(
+    value: Any, previous: np.ndarray | None, K: int,  # noqa: N803
+    required: np.ndarray | None = None, allowed: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """``(K,)`` int limits from an int or one int per client, checked against ``previous``."""
+    if value is None:
+        return None
+    if previous is None:
+        raise ValueError(
+            f"max_changes={describe(value)} limits the changes against previous=, but previous is None; "
+            "pass last round's LayerAssignment (or (K, L) mask) as previous=."
+        )
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
+        items = [value] * K
+    elif isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__len__"):
+        raise TypeError(f"max_changes must be an int or one int per client, got {describe(value)}.")
+    else:
+        items = list(np.asarray(value).tolist() if isinstance(value, np.ndarray) else value)
+        if len(items) != K:
+            raise ValueError(
+                f"max_changes has {len(items)} entries, but there are K={K} clients; pass one int or one per client."
+            )
+    for k, v in enumerate(items):
+        if isinstance(v, bool) or not isinstance(v, (numbers.Integral, np.integer)):
+            raise TypeError(f"max_changes[{k}] must be an int (cells that may change), got {describe(v)}.")
+        if int(v) < 0:
+            raise ValueError(f"max_changes[{k}] = {int(v)} must be >= 0 (0 keeps the previous row).")
+    limit = np.array([int(v) for v in items], dtype=np.int64)
+    forced = np.zeros(K, dtype=np.int64)  # changes no plan avoids: required cells previous lacks, and
+    if required is not None:  # forbidden cells previous trained
+        forced += (required & ~previous).sum(axis=1)
+    if allowed is not None:
+        forced += (~allowed & previous).sum(axis=1)
+    short = np.flatnonzero(forced > limit)
+    if short.size:
+        k = int(short[0])
+        raise ValueError(
+            f"max_changes[{k}] = {int(limit[k])}, but client {k}'s required and forbidden cells already differ "
+            f"from previous in {int(forced[k])} cells; raise max_changes or change previous."
+        )
+    return limit
 
 
 def check_feasible(

@@ -69,10 +69,13 @@ def _flow(
     x_lb: np.ndarray | None = None,
     x_ub: np.ndarray | None = None,
     duals: bool = False,
+    hub: tuple[np.ndarray, np.ndarray] | None = None,
 ):
     r"""Solve $\max \sum S x - \sum_l \sum_{j=lo_l}^{n_l - 1} c(j)$ over 0/1 plans with $lo \le n \le hi$.
 
     Rows: $\sum_l x_{kl} = b_k$ where ``row_exact[k]`` else $\le b_k$; optional $\sum_l n_l = $ ``total``.
+    ``hub = (cells, caps)``: at most ``caps[k]`` of client $k$'s arcs to ``cells[k]`` carry flow (an
+    intermediate node between the client and those layers: the matrix stays a network matrix).
     Returns the plan, or ``None`` when infeasible; with ``duals=True`` a pair ``(plan, mu)`` where ``mu``
     is the derivative of the program's minimal cost with respect to ``total`` (HiGHS's dual value).
     """
@@ -127,6 +130,12 @@ def _flow(
             (np.ones(int(sel.sum())), (pos[x_client[sel]], x_cols[sel])), shape=(free_clients.size, n_x + n_y)
         )
         b_ub = budgets[free_clients].astype(np.float64)
+    if hub is not None:
+        cells, caps = hub
+        flat = np.asarray(cells, dtype=bool).ravel()
+        hub_rows = sp.csr_matrix((np.ones(int(flat.sum())), (x_client[flat], x_cols[flat])), shape=(K, n_x + n_y))
+        A_ub = hub_rows if A_ub is None else sp.vstack([A_ub, hub_rows], format="csr")  # noqa: N806
+        b_ub = np.concatenate([np.zeros(0) if b_ub is None else b_ub, np.asarray(caps, dtype=np.float64)])
     lb = np.zeros(n_x + n_y)
     ub = np.ones(n_x + n_y)
     if x_lb is not None:
@@ -176,10 +185,26 @@ def _offset(problem: SelectionProblem) -> float:
     return -problem.churn_penalty * float(problem.previous.sum())
 
 
+def churn_hub(problem: SelectionProblem) -> tuple[np.ndarray, np.ndarray] | None:
+    r"""``max_changes`` with exact budgets as a cap on the arcs to the cells not in ``previous``.
+
+    A row with $b_k$ ones, $i$ of them in the $p_k$ cells of ``previous``, differs from it in
+    $(p_k - i) + (b_k - i)$ cells; with $j = b_k - i$ arcs to the other cells that is $p_k - b_k + 2j$, so
+    the limit $c_k$ is $j \le \lfloor (c_k - p_k + b_k) / 2 \rfloor$ (negative: no plan keeps it).
+    """
+    if problem.max_changes is None:
+        return None
+    if not problem.exact_budget:
+        raise ValueError("max_changes with at-most budgets is not a flow; it is solved by the MIP.")
+    p = problem.previous.sum(axis=1)
+    return ~problem.previous, np.floor_divide(problem.max_changes - p + problem.budgets, 2)
+
+
 def _solve_fixed_total(problem: SelectionProblem, tradeoff: float, total: int) -> np.ndarray | None:
     nbar = total / problem.L
     row_exact = np.full(problem.K, problem.exact_budget)
-    if problem.plain or (problem.required is None and problem.allowed is None and problem.min_coverage is None):
+    if problem.plain or (problem.required is None and problem.allowed is None and problem.min_coverage is None
+                         and problem.max_changes is None):
         lo, hi = _window(problem, tradeoff, nbar) if tradeoff > 0 else (np.zeros(problem.L, np.int64),
                                                                          np.full(problem.L, problem.K, np.int64))
         x_lb = x_ub = None
@@ -187,7 +212,7 @@ def _solve_fixed_total(problem: SelectionProblem, tradeoff: float, total: int) -
         lo, hi, x_lb, x_ub = _arc_bounds(problem)
     return _flow(
         problem.linear, problem.budgets, row_exact, lo, hi, _marginal(tradeoff, problem.L, nbar),
-        total=None if problem.exact_budget else total, x_lb=x_lb, x_ub=x_ub,
+        total=None if problem.exact_budget else total, x_lb=x_lb, x_ub=x_ub, hub=churn_hub(problem),
     )
 
 
@@ -230,7 +255,7 @@ def solve_exact(
     """:func:`exact_optimum` with how it was solved: ``(plan, info)``.
 
     ``info["method"]`` is ``"flow"`` (a totally unimodular LP: counts, required, forbidden, coverage,
-    churn) or ``"mip"`` (costs or the ``"agree"`` coupling, :mod:`f3ocus.selection.mip`), with the proven
+    churn, ``max_changes`` with exact budgets) or ``"mip"`` (costs or the ``"agree"`` coupling, :mod:`f3ocus.selection.mip`), with the proven
     ``bound`` and its ``gap`` for the MIP (run for at most ``time_limit`` seconds, to a relative ``gap``).
 
     Raises:

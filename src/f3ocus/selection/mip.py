@@ -3,7 +3,8 @@ r"""The exact optimum where the flow does not apply: a mixed-integer program (Hi
 Costs (a knapsack row $\sum_l c_l m_{kl} \le B_k$ per client) and the ``"agree"`` coupling break the
 network structure of :mod:`f3ocus.selection.exact`. The MIP keeps every constraint as a row or a bound:
 binaries $x_{kl}$ with bounds $[r_{kl}, a_{kl}]$ (required, allowed), counts $n_l = \sum_k x_{kl}$ with
-$n_l \ge$ ``min_coverage``, and the count or capacity row of every client.
+$n_l \ge$ ``min_coverage``, the count or capacity row of every client, and with ``max_changes`` one churn
+row per client, $\sum_l (1 - 2p_{kl}) x_{kl} \le c_k - \sum_l p_{kl}$ (the row's distance to ``previous``).
 
 **Spread.** $t\cdot\text{diversity} = \frac{t}{L}\sum_l u_l^2$ with $u_l = n_l - \frac{1}{L}\sum_{l'} n_{l'}$,
 linear in $x$. The convex $u^2$ is replaced by its epigraph $z_l \ge u_l^2$, outer-approximated by
@@ -81,6 +82,13 @@ def _base(sel: SelectionProblem, n_extra: int):
     lo.append(np.zeros(L))
     hi.append(np.zeros(L))
     r += L
+    if sel.max_changes is not None:  # |m_k - p_k| = sum_l (1 - 2 p_kl) x_kl + sum_l p_kl <= c_k
+        rows.append(r + client)
+        cols.append(np.arange(n_x))
+        vals.append(1.0 - 2.0 * sel.previous.ravel())
+        lo.append(np.full(K, -np.inf))
+        hi.append((sel.max_changes - sel.previous.sum(axis=1)).astype(float))
+        r += K
     A = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(r, n_var))  # noqa: N806
     lb = np.zeros(n_var)
     ub = np.full(n_var, np.inf)
@@ -105,7 +113,8 @@ def _solve(c, A, lo, hi, lb, ub, integrality, time_limit, gap):  # noqa: N803
 def _infeasible(sel: SelectionProblem) -> InfeasibleError:
     return InfeasibleError(
         "no plan meets the constraints: the budgets (or capacities), required and forbidden cells and "
-        "min_coverage cannot hold together. Lower min_coverage, raise the budgets, or allow more cells."
+        "min_coverage (and max_changes) cannot hold together. Lower min_coverage, raise the budgets or "
+        "max_changes, or allow more cells."
     )
 
 
@@ -172,16 +181,35 @@ def mip_optimum(
 
 
 def _climb(sel: SelectionProblem, t: float, plan: np.ndarray) -> np.ndarray:
+    """``plan`` improved by single moves and exchanges (returned as is when it is not feasible)."""
     from f3ocus.selection.solvers._moves import polish
 
-    return polish(sel, t, plan)[0]
+    if not sel.is_feasible(plan):
+        return plan
+    climbed = polish(sel, t, plan)[0]
+    return climbed if sel.is_feasible(climbed) else plan
 
 
 def _incumbent(sel: SelectionProblem, t: float) -> np.ndarray:
-    """A good feasible start: the marginal-gain greedy, climbed by single moves and exchanges."""
+    """A good feasible start: the marginal-gain greedy, climbed by single moves and exchanges
+    (the exact maximum-benefit plan when the greedy breaks a constraint, e.g. ``max_changes``)."""
     from f3ocus.selection.heuristics import greedy_plan
 
-    return _climb(sel, t, greedy_plan(sel, t))
+    plan = greedy_plan(sel, t)
+    if not sel.is_feasible(plan):
+        plan = _feasible_start(sel)
+    return _climb(sel, t, plan)
+
+
+def _feasible_start(sel: SelectionProblem) -> np.ndarray:
+    """A feasible plan from the MIP at ``t = 0`` (the maximum-benefit plan)."""
+    A, lo, hi, lb, ub, integrality = _base(sel, 0)  # noqa: N806
+    res = _solve(np.concatenate([-sel.linear.ravel(), np.zeros(sel.L)]), A, lo, hi, lb, ub, integrality, None, 1e-4)
+    if res.x is None:
+        if res.status == 2:
+            raise _infeasible(sel)
+        raise RuntimeError(f"the selection MIP failed: {res.message}")
+    return res.x[: sel.K * sel.L].reshape(sel.K, sel.L) > 0.5
 
 
 def _spread(sel, t, gap, time_limit, max_rounds, start, const) -> MipResult:
@@ -247,7 +275,7 @@ def _spread(sel, t, gap, time_limit, max_rounds, start, const) -> MipResult:
         climbed = _climb(sel, t, plan)
         for cand in (plan, climbed):
             value = float(sel.scalarized(cand, t))
-            if value > best_value:
+            if value > best_value and sel.is_feasible(cand):
                 best_plan, best_value = cand, value
         bound = min(bound, -float(res.mip_dual_bound) + const)
         if bound - best_value <= gap * max(abs(best_value), 1e-12) or status != "optimal":

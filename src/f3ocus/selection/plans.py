@@ -10,7 +10,11 @@ every layer has its ``min_coverage`` (:meth:`~f3ocus.selection.problem.Selection
    count budgets (Bean's random-key decoding, ORSA J. Computing 1994); with costs every cell in key order
    that still fits the remaining capacity (first fit). Cells outside ``take`` are skipped (except to
    reach an exact count).
-2. **Coverage.** While a layer $l$ has fewer than its ``min_coverage`` clients, a client that may train
+2. **Churn.** With ``max_changes``, a row that differs from ``previous`` in too many cells moves back
+   towards it: it exchanges a cell it added (lowest key first) for one it dropped (highest key first),
+   two changes less at an unchanged count, and with ``exact_budget=False`` then drops added cells or takes
+   back dropped ones (one change less each). Required and forbidden cells and the capacity are kept.
+3. **Coverage.** While a layer $l$ has fewer than its ``min_coverage`` clients, a client that may train
    it and does not takes it: directly when its row has room, else in exchange for a layer $a$ that keeps
    its own coverage ($n_a > c_a$, not required, and the capacity still holds). If no client can, the plan
    is replaced by the problem's *anchor*, a feasible plan from the exact solver (the maximum-benefit
@@ -94,9 +98,61 @@ def fill(
             masks &= take | sel.required_mask
     else:
         masks = _first_fit(lifted, sel, None if take is None else take | sel.required_mask)
+    if sel.max_changes is not None:
+        masks = _limit_changes(masks, keys, sel)
     if sel.min_coverage is not None:
         for p in range(len(masks)):
             masks[p] = _cover(masks[p], sel, rng)
+    if sel.max_changes is not None:
+        bad = np.flatnonzero(~sel.is_feasible(masks))
+        if bad.size:  # the coverage step or a tight limit: the anchor keeps every constraint
+            masks[bad] = anchor_plan(sel)
+    return masks
+
+
+def _limit_changes(masks: np.ndarray, keys: np.ndarray, sel: SelectionProblem) -> np.ndarray:
+    """Move the rows over ``max_changes`` back towards ``previous`` (step 2 of the module docstring)."""
+    masks = masks.copy()
+    prev, limit = sel.previous, sel.max_changes
+    req, ok = sel.required_mask, sel.allowed_mask
+    over = np.argwhere(sel.row_changes(masks) > limit[None])
+    for p, k in over:
+        row, key = masks[p, k], np.broadcast_to(keys, masks.shape)[p, k]
+        added = list(np.flatnonzero(row & ~prev[k] & ~req[k])[np.argsort(key[row & ~prev[k] & ~req[k]], kind="stable")])
+        dropped_idx = np.flatnonzero(~row & prev[k] & ok[k])
+        dropped = list(dropped_idx[np.argsort(-key[dropped_idx], kind="stable")])
+        slack = (sel.capacities[k] * (1 + 1e-12) + 1e-9 - float(row @ sel.costs)) if sel.costs is not None else 0.0
+        d = int(np.sum(row != prev[k]))
+        while d > limit[k] and added and dropped:  # exchange: -2
+            if d - limit[k] == 1 and not sel.exact_budget:
+                break
+            a = added.pop(0)
+            fits = [c for c in dropped if sel.costs is None or sel.costs[c] <= slack + sel.costs[a]]
+            if not fits:
+                added.insert(0, a)
+                break
+            c = fits[0]
+            dropped.remove(c)
+            row[a], row[c] = False, True
+            if sel.costs is not None:
+                slack += sel.costs[a] - sel.costs[c]
+            d -= 2
+        if not sel.exact_budget:
+            while d > limit[k] and added:  # drop an added cell: -1
+                a = added.pop(0)
+                row[a] = False
+                if sel.costs is not None:
+                    slack += sel.costs[a]
+                d -= 1
+            for c in list(dropped):  # take back a dropped cell: -1
+                if d <= limit[k]:
+                    break
+                room = row.sum() < sel.budgets[k] and (sel.costs is None or sel.costs[c] <= slack)
+                if room:
+                    row[c] = True
+                    if sel.costs is not None:
+                        slack -= sel.costs[c]
+                    d -= 1
     return masks
 
 

@@ -50,6 +50,8 @@ class SelectionProblem:
         previous: ``(K, L)`` bool plan of the last round, or ``None``.
         churn_penalty: $\lambda \ge 0$, the price of one changed cell $|m_{kl} - p_{kl}|$ against
             ``previous``.
+        max_changes: ``(K,)`` int, a hard limit: row $k$ of a plan differs from ``previous`` row $k$ in at
+            most ``max_changes[k]`` cells (needs ``previous``), or ``None``.
         coupling: ``"spread"`` (F³OCUS: diversity is the variance of the counts) or ``"agree"``
             (Sun et al. 2024: diversity is the disagreement $\frac{1}{L}\sum_l n_l (K - n_l)$).
 
@@ -73,6 +75,7 @@ class SelectionProblem:
     previous: np.ndarray | None = None
     churn_penalty: float = 0.0
     coupling: str = "spread"
+    max_changes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         scores = np.array(self.scores, dtype=np.float64, copy=True)
@@ -118,9 +121,12 @@ class SelectionProblem:
         churn = float(self.churn_penalty)
         if not np.isfinite(churn) or churn < 0:
             raise ValueError(f"churn_penalty must be finite and >= 0, got {churn}.")
+        limit = _vector(self.max_changes, (K,), np.int64, "max_changes")
+        if limit is not None and (previous is None or np.any(limit < 0)):
+            raise ValueError("max_changes needs previous and must be >= 0.")
         for name, value in [("scores", scores), ("budgets", budgets), ("costs", costs), ("capacities", capacities),
                             ("required", required), ("allowed", allowed), ("min_coverage", coverage),
-                            ("previous", previous)]:
+                            ("previous", previous), ("max_changes", limit)]:
             if value is not None:
                 value.flags.writeable = False
             object.__setattr__(self, name, value)
@@ -166,7 +172,7 @@ class SelectionProblem:
         """No constraint beyond the layer-count budgets, no churn term, the ``"spread"`` coupling."""
         return (
             self.costs is None and self.required is None and self.allowed is None and self.min_coverage is None
-            and self.linear is self.scores and self.coupling == "spread"
+            and self.linear is self.scores and self.coupling == "spread" and self.max_changes is None
         )
 
     @property
@@ -177,8 +183,10 @@ class SelectionProblem:
         ``min_coverage`` (lower bounds on the layer arcs) and the churn term (a change of the arc costs)
         keep the node-arc incidence structure. Costs (a knapsack row per client) and the ``"agree"``
         coupling (a concave count cost) do not: they go to the MIP (:mod:`f3ocus.selection.mip`).
+        ``max_changes`` keeps the flow with exact budgets (a cap on each client's arcs to the layers it did
+        not train before, through one more node per client) and goes to the MIP with at-most budgets.
         """
-        return self.costs is None and self.coupling == "spread"
+        return self.costs is None and self.coupling == "spread" and (self.max_changes is None or self.exact_budget)
 
     def _masks(self, masks: np.ndarray) -> np.ndarray:
         masks = np.asarray(masks)
@@ -204,6 +212,13 @@ class SelectionProblem:
         if self.previous is None:
             return np.zeros(masks.shape[:-2], dtype=np.int64)
         return np.sum(masks != self.previous, axis=(-2, -1))
+
+    def row_changes(self, masks: np.ndarray) -> np.ndarray:
+        r"""Cells changed in each row, $\sum_l |m_{kl} - p_{kl}|$: shape ``(K,)`` or ``(P, K)``."""
+        masks = self._masks(masks)
+        if self.previous is None:
+            return np.zeros(masks.shape[:-1], dtype=np.int64)
+        return np.sum(masks != self.previous, axis=-1)
 
     def benefit(self, masks: np.ndarray) -> np.ndarray:
         r"""$\text{importance}(m) - \lambda\cdot\text{changes}(m)$, the objective solvers maximize
@@ -243,12 +258,14 @@ class SelectionProblem:
             ok &= np.all(~masks | self.allowed, axis=(-2, -1))
         if self.min_coverage is not None:
             ok &= np.all(self.counts(masks) >= self.min_coverage, axis=-1)
+        if self.max_changes is not None:
+            ok &= np.all(self.row_changes(masks) <= self.max_changes, axis=-1)
         return ok
 
     def __repr__(self) -> str:
         mode = "exact" if self.exact_budget else "at most"
         extra = "" if self.costs is None else ", with costs"
-        for name in ("required", "allowed", "min_coverage", "previous"):
+        for name in ("required", "allowed", "min_coverage", "previous", "max_changes"):
             if getattr(self, name) is not None:
                 extra += f", {name}"
         if self.coupling != "spread":

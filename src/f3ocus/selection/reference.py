@@ -45,13 +45,16 @@ def _row_options(L: int, b: int, exact: bool) -> np.ndarray:  # noqa: N803
 
 
 def _constrained_rows(problem: SelectionProblem, k: int) -> np.ndarray:
-    """Every row of client ``k`` that keeps its own constraints (budget or capacity, required, allowed)."""
+    """Every row of client ``k`` that keeps its own constraints (budget or capacity, required, allowed,
+    at most ``max_changes[k]`` cells off row ``k`` of ``previous``)."""
     exact = problem.exact_budget
     b = int(problem.budgets[k])
     rows = _row_options(problem.L, b, exact) if problem.costs is None else _row_options(problem.L, problem.L, False)
     if problem.costs is not None:
         rows = rows[rows.astype(np.float64) @ problem.costs <= problem.capacities[k] * (1 + 1e-12) + 1e-9]
     rows = rows[np.all(rows | ~problem.required_mask[k], axis=1) & np.all(~rows | problem.allowed_mask[k], axis=1)]
+    if problem.max_changes is not None:
+        rows = rows[(rows != problem.previous[k]).sum(axis=1) <= problem.max_changes[k]]
     return rows
 
 

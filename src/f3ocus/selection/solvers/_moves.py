@@ -99,6 +99,12 @@ def move_gains(
             gains[:, :L][over] = -np.inf
         stuck = real_a & (sel.required_mask[k, a_l] | (counts[rows, a_l] <= sel.coverage[a_l]))
         gains[stuck] = -np.inf
+    if sel.max_changes is not None:  # the row's distance to previous after the move: at most max_changes
+        flip = np.where(trained == sel.previous[k], 1, -1)  # (P, L): +1 moves the cell away from previous
+        step = np.concatenate([flip, np.zeros((P, 1), np.int64)], axis=1)
+        d = np.sum(trained != sel.previous[k], axis=1)
+        after = d[:, None] + step + np.where(real_a, step[rows, a_l], 0)[:, None]
+        gains[after > sel.max_changes[k][:, None]] = -np.inf
     gains[rows[real_a], a[real_a]] = 0.0
     if sel.exact_budget:
         gains[:, L] = np.where(real_a, -np.inf, gains[:, L])
@@ -159,7 +165,7 @@ def apply_moves(masks: np.ndarray, counts: np.ndarray, k: np.ndarray, a: np.ndar
 
 def _best_single_moves(sel: SelectionProblem, t: float, masks: np.ndarray, counts: np.ndarray):
     """Best move of every plan: (gain, client, source slot, target slot), each ``(P,)``."""
-    if sel.costs is not None:
+    if sel.costs is not None or sel.max_changes is not None:
         return _best_single_moves_costs(sel, t, masks, counts)
     P, K, L = masks.shape  # noqa: N806
     n = counts.astype(np.float64)[:, None, :]
@@ -191,7 +197,8 @@ def _best_single_moves(sel: SelectionProblem, t: float, masks: np.ndarray, count
 
 
 def _best_single_moves_costs(sel: SelectionProblem, t: float, masks: np.ndarray, counts: np.ndarray):
-    """:func:`_best_single_moves` with capacities: every (source, target) pair of every row is scored."""
+    """:func:`_best_single_moves` with capacities or ``max_changes``: every (source, target) pair of every
+    row is scored, and the pairs that break a constraint get ``-inf``."""
     P, K, L = masks.shape  # noqa: N806
     n = counts.astype(np.float64)[:, None, :]
     N = n.sum(axis=2)[..., None]  # noqa: N806  (P, 1, 1)
@@ -201,15 +208,26 @@ def _best_single_moves_costs(sel: SelectionProblem, t: float, masks: np.ndarray,
     free = np.concatenate([~masks & sel.allowed_mask, np.ones((P, K, 1), bool)], axis=2)
     fixed = sel.required_mask[None] | (counts[:, None, :] <= sel.coverage)
     movable = np.concatenate([masks & ~fixed, np.ones((P, K, 1), bool)], axis=2)
-    cost = np.concatenate([sel.costs, [0.0]])
-    load = masks.astype(np.float64) @ sel.costs  # (P, K)
+    costs = np.zeros(L) if sel.costs is None else sel.costs
+    cost = np.concatenate([costs, [0.0]])
+    load = masks.astype(np.float64) @ costs  # (P, K)
     dn = (np.arange(L + 1) < L).astype(np.float64)
     gain = inn[:, :, None, :] - out[:, :, :, None]  # (P, K, a, c)
     gain = gain + total_term(sel, t, N[..., None], dn[None, :] - dn[:, None])
     ok = movable[:, :, :, None] & free[:, :, None, :]
-    ok &= load[..., None, None] - cost[:, None] + cost[None, :] <= sel.capacities[None, :, None, None] * (1 + 1e-12) + 1e-9
+    if sel.costs is not None:
+        cap = sel.capacities[None, :, None, None] * (1 + 1e-12) + 1e-9
+        ok &= load[..., None, None] - cost[:, None] + cost[None, :] <= cap
     ok[:, :, np.arange(L + 1), np.arange(L + 1)] = False
     ok[:, :, L, :L] &= (masks.sum(axis=2) < sel.budgets[None])[..., None]
+    if sel.exact_budget:  # swaps only
+        ok[:, :, L, :] = False
+        ok[:, :, :, L] = False
+    if sel.max_changes is not None:
+        step = np.concatenate([np.where(masks == sel.previous[None], 1, -1), np.zeros((P, K, 1), np.int64)], axis=2)
+        d = np.sum(masks != sel.previous[None], axis=2)
+        after = d[..., None, None] + step[:, :, :, None] + step[:, :, None, :]
+        ok &= after <= sel.max_changes[None, :, None, None]
     gain = np.where(ok, gain, -np.inf).reshape(P, -1)
     best = gain.argmax(axis=1)
     kk, rest = np.divmod(best, (L + 1) ** 2)
@@ -261,9 +279,26 @@ def _exchange_rows(sel: SelectionProblem, mask: np.ndarray, rows: np.ndarray):
 
 
 def pair_exchanges(sel: SelectionProblem, masks: np.ndarray, k1: np.ndarray, k2: np.ndarray):
-    """Best exchange between clients ``k1[p]`` and ``k2[p]`` of each plan ``masks[p]``: (gain, a, c), ``(P,)``."""
+    """Best exchange between clients ``k1[p]`` and ``k2[p]`` of each plan ``masks[p]``: (gain, a, c), ``(P,)``.
+
+    With ``max_changes``, an exchange that takes either row over its limit has gain ``-inf``.
+    """
     rows = np.arange(len(masks))
-    return _exchange_core(sel, k1, k2, masks[rows, k1], masks[rows, k2])
+    gain, a, c = _exchange_core(sel, k1, k2, masks[rows, k1], masks[rows, k2])
+    if sel.max_changes is not None:  # both rows flip cells a and c: each keeps its limit
+        keeps = _keeps(sel, masks, k1, a, c) & _keeps(sel, masks, k2, a, c)
+        gain = np.where(keeps, gain, -np.inf)
+    return gain, a, c
+
+
+def _keeps(sel, masks: np.ndarray, k: np.ndarray, la: np.ndarray, lc: np.ndarray) -> np.ndarray:
+    """Whether row ``k`` of each plan keeps ``max_changes`` after flipping its cells ``la`` and ``lc``."""
+    rows = np.arange(len(k))
+    la, lc = np.where(la < sel.L, la, 0), np.where(lc < sel.L, lc, 0)
+    row, prev = masks[rows, k], sel.previous[k]
+    d = np.sum(row != prev, axis=1)
+    step = np.where(row[rows, la] == prev[rows, la], 1, -1) + np.where(row[rows, lc] == prev[rows, lc], 1, -1)
+    return d + step <= sel.max_changes[k]
 
 
 class _ExchangeTable:
@@ -361,6 +396,16 @@ def best_compound_move(sel: SelectionProblem, t: float, mask: np.ndarray, counts
     return best
 
 
+def _keeps_limit(sel: SelectionProblem, mask: np.ndarray, k: int, drops, adds) -> bool:
+    """Whether row ``k`` keeps ``max_changes`` after dropping ``drops`` and adding ``adds``."""
+    if sel.max_changes is None:
+        return True
+    row = mask[k].copy()
+    row[np.asarray(drops, dtype=np.int64)] = False
+    row[np.asarray(adds, dtype=np.int64)] = True
+    return int(np.sum(row != sel.previous[k])) <= int(sel.max_changes[k])
+
+
 def polish(
     sel: SelectionProblem,
     tradeoff: float,
@@ -428,13 +473,15 @@ def polish(
                     if sel.costs is None:
                         break
                     cg, ck, drops, adds = best_compound_move(sel, t, mp[0], np_[0])
-                    if cg <= _TOL:
+                    if cg <= _TOL or not _keeps_limit(sel, mp[0], ck, drops, adds):
                         break
                     mp[0, ck, drops], mp[0, ck, adds] = False, True
                     np_[0] += np.bincount(adds, minlength=sel.L) - np.bincount(drops, minlength=sel.L)
                     touched.add(ck)
                     done += 1
                     continue
+                if not (_keeps_limit(sel, mp[0], k1, [la], [lc]) and _keeps_limit(sel, mp[0], k2, [lc], [la])):
+                    break
                 mp[0, k1, la], mp[0, k1, lc], mp[0, k2, lc], mp[0, k2, la] = False, True, False, True
                 touched |= {k1, k2}
                 done += 1
