@@ -85,7 +85,15 @@ def constrained_problem(K: int, L: int, seed: int, kinds) -> SelectionProblem:  
         kw["churn_penalty"] = float(rng.choice([0.01, 0.1]))
     if "limit" in kinds:
         kw.setdefault("previous", rng.random((K, L)) < 0.4)
-        kw["max_changes"] = rng.integers(0, 4, size=K)
+        prev = kw["previous"]  # the changes no plan avoids, plus 0..2
+        forced = (kw["required"] & ~prev).sum(axis=1) if "required" in kw else np.zeros(K, np.int64)
+        if "allowed" in kw:
+            forced = forced + (~kw["allowed"] & prev).sum(axis=1)
+        if "costs" not in kw:  # enough to fix those cells and then reach the row count
+            forced = 2 * forced + np.maximum(prev.sum(axis=1) - budgets, 0 if not exact else budgets - prev.sum(axis=1))
+        else:  # enough to drop every cell of previous and train the required ones alone
+            forced = forced + prev.sum(axis=1)
+        kw["max_changes"] = forced + rng.integers(0, 3, size=K)
     if "agree" in kinds:
         kw["coupling"] = "agree"
     return SelectionProblem(S, budgets, exact, **kw)

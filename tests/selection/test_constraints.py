@@ -140,7 +140,8 @@ FAST = {
 
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("kinds", [("costs", "required", "allowed", "coverage", "churn"), ("at_most", "coverage",
-                                   "allowed"), ("agree", "required"), ("required", "allowed", "churn")])
+                                   "allowed"), ("agree", "required"), ("required", "allowed", "churn"),
+                                   ("limit", "required", "allowed"), ("costs", "limit", "allowed")])
 def test_every_solver_returns_feasible_plans_under_constraints(solver, kinds):
     sel = constrained_problem(8, 6, 3, set(kinds))
     for tradeoff in (0.5, None) if solver in ("nsga2", "mopso") else (0.5,):
@@ -148,7 +149,8 @@ def test_every_solver_returns_feasible_plans_under_constraints(solver, kinds):
             sel.scores, sel.capacities if sel.costs is not None else sel.budgets, solver=solver, tradeoff=tradeoff,
             seed=0, normalize="none", exact_budget=None if sel.costs is not None else sel.exact_budget,
             costs=sel.costs, required=sel.required, allowed=sel.allowed, min_coverage=sel.min_coverage,
-            previous=sel.previous, churn_penalty=sel.churn_penalty, coupling=sel.coupling, **FAST.get(solver, {}),
+            previous=sel.previous, churn_penalty=sel.churn_penalty, coupling=sel.coupling,
+            max_changes=sel.max_changes, **FAST.get(solver, {}),
         )
         assert sel.is_feasible(plan.mask)
         if plan.front is not None:

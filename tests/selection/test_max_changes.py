@@ -12,6 +12,7 @@ from f3ocus import select_layers
 from f3ocus.selection import mip as mip_module
 from f3ocus.selection.exact import solve_exact
 from f3ocus.selection.plans import fill, random_plan, repair
+from f3ocus.selection.problem import SelectionProblem
 from f3ocus.selection.reference import brute_force_optimum, enumerate_plans
 
 EXTRA = ["required", "allowed", "coverage", "churn", "costs"]
@@ -102,11 +103,19 @@ def test_max_changes_zero_keeps_previous_and_set_aside_counts_its_changes():
     first = select_layers(S, 2, solver="exact", tradeoff=0.3)
     again = select_layers(S[::-1], 2, solver="exact", tradeoff=0.3, previous=first, max_changes=0)
     np.testing.assert_array_equal(again.mask, first.mask)
-    # layer 5 is required of every client: set aside, and each row of previous without it has spent a change
+    # layer 5 is required of every client and set aside; previous lacks it, so each row has spent a change
     previous = first.mask.copy()
-    plan = select_layers(S, 3, solver="exact", tradeoff=0.3, required=[5], previous=previous, max_changes=2)
+    previous[:, 5] = False
+    plan = select_layers(S, 3, solver="exact", tradeoff=0.3, required=[5], previous=previous, max_changes=3)
     assert plan.stats["set_aside"] == [5]
-    assert np.all((plan.mask != previous).sum(axis=1) <= 2)
+    assert np.all((plan.mask != previous).sum(axis=1) <= 3)
+    sub = SelectionProblem(S / S.sum(axis=1, keepdims=True), np.full(5, 3), required=np.tile(np.arange(6) == 5, (5, 1)),
+                           previous=previous, max_changes=np.full(5, 3))
+    plans = enumerate_plans(sub)
+    value = sub.importance(plans) - 0.3 * np.var(plans[:, :, :5].sum(axis=1), axis=-1)
+    best = plans[int(np.argmax(value))]
+    assert float(sub.importance(plan.mask) - 0.3 * np.var(plan.mask[:, :5].sum(axis=0))) == pytest.approx(value.max())
+    assert sub.is_feasible(best)
 
 
 @pytest.mark.parametrize(
