@@ -246,7 +246,7 @@ class SelectionProblem:
         return masks.astype(np.float64) @ self.costs
 
     def is_feasible(self, masks: np.ndarray) -> np.ndarray:
-        """Whether each plan keeps every constraint: budgets, capacities, required, forbidden, coverage."""
+        """Whether each plan keeps every constraint: budgets, capacities, required, forbidden, coverage, max_changes."""
         masks = self._masks(masks)
         rows = masks.sum(axis=-1)
         ok = np.all(rows == self.budgets if self.exact_budget else rows <= self.budgets, axis=-1)
