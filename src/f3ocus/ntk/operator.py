@@ -72,6 +72,16 @@ class LayerKernelOperator:
         self.matvecs += len(self.layers)
         return torch.cat(chunks)
 
+    def total(self, v: Tensor) -> Tensor:
+        """Apply the total kernel $\\Theta = \\sum_l \\Theta_l$ to every row of ``v`` (shape ``(B, N*M)``).
+
+        One vjp and one jvp per row for all layers together (the tangent is $J^\\top v$ on every
+        scored parameter), whatever the number of layers.
+        """
+        grads = vmap(self._vjp_fn)(v.reshape(v.shape[0], *self._shape))[0]
+        self.backward_passes += v.shape[0]
+        return self._jvp(grads).reshape(v.shape[0], -1)
+
     def _apply(self, layers: list[str], v: Tensor) -> Tensor:
         w = v.reshape(len(layers), *self._shape)
         grads = vmap(self._vjp_fn)(w)[0]  # name -> (L_chunk, *shape), all parameters
