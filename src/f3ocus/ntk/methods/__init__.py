@@ -4,11 +4,13 @@
 - ``"persample"`` (:mod:`~f3ocus.ntk.methods.persample`): stored per-sample rows, Gram or Lanczos.
 - ``"lanczos"`` (:mod:`~f3ocus.ntk.methods.lanczos`): matrix-free Lanczos on vjp/jvp products.
 - ``"factored"`` (:mod:`~f3ocus.ntk.methods.factored`): Linear weights as activations x backprops.
+- ``"sketch"`` (:mod:`~f3ocus.ntk.methods.sketch`): an estimate for wide outputs (a lower bound with
+  an error estimate; never chosen by ``"auto"``).
 
 Each module holds the method, its cost model and its declared options, and registers itself on import.
 """
 
-from f3ocus.ntk.methods import dense, factored, lanczos, persample  # noqa: F401  (register the methods)
+from f3ocus.ntk.methods import dense, factored, lanczos, persample, sketch  # noqa: F401  (register the methods)
 from f3ocus.ntk.registry import (
     Cost,
     LayerEig,

@@ -72,7 +72,7 @@ from f3ocus.ntk.registry import Cost, LayerEig, MethodResult, register_method
 
 logger = logging.getLogger("f3ocus.ntk")
 
-__all__ = ["factored_cost", "factored_method"]
+__all__ = ["factored_cost", "factored_groups", "factored_method"]
 
 
 def factored_cost(problem: NTKProblem, max_memory: int | None = None) -> Cost:
@@ -92,7 +92,7 @@ def factored_cost(problem: NTKProblem, max_memory: int | None = None) -> Cost:
     linear = linear_shapes(problem)
     s = tokens_per_sample(problem)
     fwd = forward_flops(problem)
-    flops = (1 + m) * fwd * len(_factored_groups(problem, max_memory))
+    flops = (1 + m) * fwd * len(factored_groups(problem, max_memory))
     for layer, names in problem.layers.items():
         fact = [linear[k] for k in names if k in linear]
         rows_p = max(sizes[layer] - sum(o * i for o, i in fact), 0)
@@ -120,7 +120,7 @@ def _layer_bytes(problem: NTKProblem) -> dict[str, float]:
     return out
 
 
-def _factored_groups(problem: NTKProblem, max_memory: int | None) -> list[list[str]]:
+def factored_groups(problem: NTKProblem, max_memory: int | None) -> list[list[str]]:
     """Consecutive layer groups whose factors fit ``max_memory`` (at least one layer each)."""
     return consecutive_groups(_layer_bytes(problem), max_memory)
 
@@ -148,7 +148,7 @@ def factored_method(
     (kernel outputs per ``jacrev`` chunk); the hooked pass keeps the backprops of all ``M`` outputs.
     """
     check_choice("eig", eig, ("auto", "gram", "lanczos"))
-    groups = _factored_groups(problem, max_memory)
+    groups = factored_groups(problem, max_memory)
     eigs: dict[str, LayerEig] = {}
     paths: dict[str, str] = {}
     factored: list[str] = []
