@@ -49,7 +49,14 @@ def _task_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--local-steps", type=int, default=d.local_steps, help="local Adam steps per round")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="questions per local step")
-    p.add_argument("--lr", type=float, default=d.lr, help="local learning rate")
+    p.add_argument("--lr", type=float, default=d.lr, help="local learning rate of the encoder layers")
+    p.add_argument("--head-lr", type=float, default=d.head_lr, help="local learning rate of the fusion head")
+    p.add_argument(
+        "--max-grad-norm",
+        type=float,
+        default=d.max_grad_norm,
+        help="clip local gradients to this norm (0: no clipping)",
+    )
     p.add_argument("--warmup-rounds", type=int, default=d.warmup_rounds, help="head-only warm-up rounds")
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="local steps per warm-up round")
     p.add_argument("--kernel", default=d.kernel, choices=["output", "sum", "loss"], help="NTK kernel")
@@ -116,6 +123,8 @@ def _task(args: argparse.Namespace):
         "local_steps": args.local_steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "head_lr": args.head_lr,
+        "max_grad_norm": args.max_grad_norm if args.max_grad_norm else None,
         "warmup_rounds": args.warmup_rounds,
         "warmup_steps": args.warmup_steps,
         "score_samples": args.score_samples,

@@ -99,6 +99,8 @@ def test_missing_demo_extra_names_the_install_command(monkeypatch, capsys):
         (["--strategies", "f3ocus", "best"], r"strategies\[...\]='best' is not a valid choice"),
         (["--seeds", "1", "1"], r"seeds has repeated entries"),
         (["--lr", "-1"], r"lr must be a finite number > 0, got -1.0"),
+        (["--head-lr", "0"], r"head_lr must be a finite number > 0, got 0.0"),
+        (["--max-grad-norm", "-1"], r"max_grad_norm must be a finite number > 0, got -1.0"),
         (["--device", "nodevice"], r"--device 'nodevice' is not a torch device"),
     ],
 )
@@ -118,6 +120,15 @@ def test_cuda_without_a_gpu_is_an_error(capsys):
         pytest.skip("a CUDA device is present")
     assert main(["demo", "--device", "cuda"]) == 2
     assert "torch sees no CUDA device; use --device cpu" in capsys.readouterr().err
+
+
+def test_max_grad_norm_zero_turns_clipping_off_and_the_head_lr_reaches_the_task():
+    from f3ocus.cli import _task, build_parser
+
+    args = build_parser().parse_args(["study", "--max-grad-norm", "0", "--head-lr", "2e-3"])
+    task = _task(args)
+    assert task.max_grad_norm is None and task.head_lr == 2e-3
+    assert _task(build_parser().parse_args(["study"])).max_grad_norm == 1.0
 
 
 def test_no_command_prints_help(capsys):

@@ -127,6 +127,49 @@ def test_local_training_with_frozen_features_equals_training_without(trained):
     assert not torch.equal(results[0]["head.out.weight"], tiny_model().state_dict()["head.out.weight"])
 
 
+def _reference_local_train(model, data, split, *, steps, batch_size, lr, head_lr, max_grad_norm, generator):
+    """Plain reference: one Adam per parameter group, the clipping norm computed by hand."""
+    head = [p for p in model.head.parameters() if p.requires_grad]
+    encoder = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    optimizers = [torch.optim.Adam(encoder, lr=lr), torch.optim.Adam(head, lr=head_lr)]
+    for _ in range(steps):
+        index = torch.randint(len(split), (batch_size,), generator=generator)
+        images, questions = split.images[split.image_index[index]], split.question_index[index]
+        logits = model(images, data.input_ids[questions], data.attention_mask[questions])
+        loss = torch.nn.functional.cross_entropy(logits, split.answers[index])
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.sqrt(sum((p.grad**2).sum() for p in encoder + head))
+        scale = min(1.0, max_grad_norm / (float(norm) + 1e-6))
+        for p in encoder + head:
+            p.grad.mul_(scale)
+        for opt in optimizers:
+            opt.step()
+
+
+@pytest.mark.parametrize("max_grad_norm", [1e-3, 1e3])
+def test_local_training_with_head_lr_and_clipping_equals_the_reference(max_grad_norm):
+    """Encoder layers at ``lr``, the head at ``head_lr``, gradients clipped to ``max_grad_norm`` (float64)."""
+    data, split, _ = tiny_data()
+    kwargs = {"steps": 3, "batch_size": 8, "lr": 1e-3, "head_lr": 5e-2, "max_grad_norm": max_grad_norm}
+    results = []
+    for fn in (local_train, _reference_local_train):
+        model = tiny_model()
+        model.requires_grad_(False)
+        model.image.requires_grad_(True)
+        model.head.requires_grad_(True)
+        fn(model, data, split, generator=child_generator(0, 3), **kwargs)
+        results.append({k: v.clone() for k, v in model.state_dict().items()})
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-10, atol=1e-12)
+    start = tiny_model().state_dict()
+    moved = {
+        k: float((results[0][k] - start[k]).abs().max()) for k in ("image.conv.weight", "head.out.weight")
+    }
+    assert moved["head.out.weight"] > 10 * moved["image.conv.weight"]  # the head takes the larger steps
+
+
 def test_child_generators_are_reproducible_and_distinct():
     a = torch.rand(5, generator=child_generator(0, 1, 2))
     assert torch.equal(a, torch.rand(5, generator=child_generator(0, 1, 2)))

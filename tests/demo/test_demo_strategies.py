@@ -31,7 +31,7 @@ def test_plans_keep_budgets_and_name_layers_in_model_order(budgets, seed, strate
     scores = rng.lognormal(size=(len(budgets), len(NAMES)))
     plan = make_plan(strategy, NAMES, budgets, score_fn=lambda: scores, solver="exact", seed=seed)
     assert plan.mask.shape == (len(budgets), len(NAMES))
-    expected = [len(NAMES)] * len(budgets) if strategy == "full" else budgets
+    expected = {"full": [len(NAMES)] * len(budgets), "head": [0] * len(budgets)}.get(strategy, budgets)
     assert plan.mask.sum(axis=1).tolist() == expected
     for row, layers in zip(plan.mask, plan.layers, strict=True):
         assert layers == [NAMES[j] for j in np.flatnonzero(row)]
@@ -102,6 +102,8 @@ def test_knee_tradeoff_is_the_chord_slope():
         ({"kernel": "ntk"}, ValueError, r"kernel='ntk' is not a valid choice"),
         ({"clients": 2, "budgets": (1,)}, ValueError, r"budgets has 1 entries but clients=2"),
         ({"lr": 0.0}, ValueError, r"lr must be a finite number > 0"),
+        ({"head_lr": -1e-3}, ValueError, r"head_lr must be a finite number > 0, got -0.001"),
+        ({"max_grad_norm": 0.0}, ValueError, r"max_grad_norm must be a finite number > 0, got 0.0"),
         ({"image_size": 1.5}, TypeError, r"image_size must be an int"),
         ({"test_images": 0}, ValueError, r"test_images must lie in \[1, 1000\], got 0"),
     ],

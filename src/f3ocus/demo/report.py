@@ -36,6 +36,7 @@ LABELS = {
     "random": "random",
     "lastk": "last-k layers",
     "full": "full fine-tuning",
+    "head": "head only (no encoder layer)",
 }
 
 #: Pairs (a, b) whose difference a - b is reported, where both ran.
@@ -48,6 +49,8 @@ PAIRS = (
     ("f3ocus", "f3ocus-exact"),
     ("topk", "random"),
     ("full", "f3ocus"),
+    ("f3ocus", "head"),
+    ("topk", "head"),
     ("exact-x3", "topk"),
     ("exact-x10", "topk"),
 )
@@ -317,7 +320,12 @@ def write_report(cells: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     problems = check_pairing(cells["cells"])
     paths["summary"].write_text(
         json.dumps(
-            {"task": cells["task"], "machine": _machine(cells), "pairing_problems": problems, "summary": summary},
+            {
+                "task": cells["task"],
+                "machine": _machine(cells),
+                "pairing_problems": problems,
+                "summary": summary,
+            },
             indent=1,
         )
     )

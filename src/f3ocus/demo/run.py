@@ -57,7 +57,12 @@ class TaskConfig:
         budgets: Encoder layers per client (the head comes on top); default spread from 2 to 6.
         local_steps: Adam steps per client per round.
         batch_size: Questions per local step.
-        lr: Adam learning rate of local fine-tuning (chosen by a sweep on full fine-tuning only).
+        lr: Adam learning rate of the encoder layers in local fine-tuning (chosen by a sweep on full
+            fine-tuning only).
+        head_lr: Adam learning rate of the fusion head in local fine-tuning (the new head takes larger
+            steps than the pretrained encoder layers).
+        max_grad_norm: Local gradients are clipped to this Euclidean norm before every step (None: no
+            clipping).
         warmup_rounds: Head-only FedAvg rounds of the warm start.
         warmup_steps: Adam steps per client per warm-up round.
         warmup_lr: Learning rate of the warm-up.
@@ -74,16 +79,18 @@ class TaskConfig:
     samples_per_client: int = 200
     alpha: float = 0.5
     budgets: tuple[int, ...] | None = None
-    local_steps: int = 4
+    local_steps: int = 5
     batch_size: int = 16
-    lr: float = 1e-4
-    warmup_rounds: int = 8
-    warmup_steps: int = 20
+    lr: float = 3e-5
+    head_lr: float = 1e-3
+    max_grad_norm: float | None = 1.0
+    warmup_rounds: int = 4
+    warmup_steps: int = 10
     warmup_lr: float = 1e-3
     score_samples: int = 4
     kernel: str = "loss"
     solver: str = "nsga2"
-    test_images: int = 120
+    test_images: int = 300
     image_size: int = 64
     device: str = "cpu"
 
@@ -100,6 +107,9 @@ class TaskConfig:
         check_int("image_size", self.image_size, low=8, high=64)
         check_positive_float("alpha", self.alpha)
         check_positive_float("lr", self.lr)
+        check_positive_float("head_lr", self.head_lr)
+        if self.max_grad_norm is not None:
+            check_positive_float("max_grad_norm", self.max_grad_norm)
         check_positive_float("warmup_lr", self.warmup_lr)
         check_choice("kernel", self.kernel, ["output", "sum", "loss"])
         if self.budgets is not None and len(self.budgets) != self.clients:
@@ -231,6 +241,8 @@ def _run_strategy(strategy, model, data, layer_map, names, budgets, config, seed
                 lr=config.lr,
                 generator=g,
                 features=pool_features,
+                head_lr=config.head_lr,
+                max_grad_norm=config.max_grad_norm,
             )
             batches.update(g.get_state().numpy().tobytes())
             return n

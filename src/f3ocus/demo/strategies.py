@@ -15,6 +15,8 @@ With $L$ selectable layers (the encoder layers, model order) and client $k$'s bu
 - ``random``: $b_k$ layers drawn uniformly per client and round (``solver="random"``).
 - ``lastk``: each client trains its last $b_k$ layers (the usual "fine-tune the top" heuristic).
 - ``full``: every client trains all $L$ layers (the upper reference; it ignores the budgets).
+- ``head``: no client trains an encoder layer, only the task head (the lower reference: what the head alone
+  gains in the rounds, so that the encoder layers' contribution of every other strategy can be read off).
 
 The task head is not among the $L$ layers: it is trained by every client in every round, outside the
 budget (:mod:`f3ocus.demo.run`). Plans are recomputed every round from the current global model.
@@ -32,7 +34,7 @@ from f3ocus._checks import check_choice
 
 __all__ = ["STRATEGIES", "Plan", "make_plan", "default_budgets", "plan_diversity", "is_strategy"]
 
-STRATEGIES: tuple[str, ...] = ("f3ocus", "f3ocus-exact", "topk", "random", "lastk", "full")
+STRATEGIES: tuple[str, ...] = ("f3ocus", "f3ocus-exact", "topk", "random", "lastk", "full", "head")
 _SWEEP = re.compile(r"^exact-x(\d+(?:\.\d+)?)$")
 
 
@@ -132,6 +134,8 @@ def make_plan(
     K, L = len(budgets), len(names)
     if strategy == "full":
         return _plan_from_mask(np.ones((K, L), dtype=bool), names, stats={"solver": "full"})
+    if strategy == "head":
+        return _plan_from_mask(np.zeros((K, L), dtype=bool), names, stats={"solver": "head"})
     if strategy == "lastk":
         mask = np.zeros((K, L), dtype=bool)
         for k, b in enumerate(budgets):

@@ -97,12 +97,18 @@ def local_train(
     lr: float,
     generator: torch.Generator,
     features: dict | None = None,
+    head_lr: float | None = None,
+    max_grad_norm: float | None = None,
 ) -> int:
     """Train the currently trainable parameters of ``model`` on ``split`` (see the module docs).
 
     Args:
         features: Optional :func:`frozen_features` of the global model on ``split`` (see
             :func:`indexed_logits`); it must come from the weights ``model`` starts from.
+        head_lr: Learning rate of the fusion head's parameters (default ``lr``); the encoder layers use
+            ``lr``. A new head needs a larger step than pretrained layers.
+        max_grad_norm: If given, the gradient of all trained parameters is rescaled to at most this
+            Euclidean norm before every step (``torch.nn.utils.clip_grad_norm_``).
 
     Returns:
         The client's FedAvg weight: its number of questions.
@@ -110,7 +116,12 @@ def local_train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         return len(split)
-    optimizer = torch.optim.Adam(params, lr=lr)
+    head = {id(p) for p in model.head.parameters()}
+    groups = [
+        {"params": [p for p in params if id(p) not in head], "lr": lr},
+        {"params": [p for p in params if id(p) in head], "lr": lr if head_lr is None else head_lr},
+    ]
+    optimizer = torch.optim.Adam([g for g in groups if g["params"]])
     for _ in range(steps):
         index = torch.randint(len(split), (batch_size,), generator=generator).to(split.answers.device)
         loss = torch.nn.functional.cross_entropy(
@@ -118,6 +129,8 @@ def local_train(
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
     return len(split)
 
