@@ -129,7 +129,9 @@ def hooked_factors(problem: NTKProblem, *, chunk_size: int | None, use_hooks: bo
     """
     params = problem.layer_params()
     exclude: frozenset[int] = frozenset()
-    for _ in range(2):
+    # The first pass stops at the first module that does not see the batch first; the second runs to
+    # the end and finds all others; the third then has none.
+    for stop_early in (True, False, False):
         plan = jacobian_plan(problem, exclude=exclude)
         factored = factored_names(problem, plan)
         local_to_name = {(id(mod), local): name for name, own in plan.hooked.items() for mod, local in own}
@@ -138,11 +140,13 @@ def hooked_factors(problem: NTKProblem, *, chunk_size: int | None, use_hooks: bo
         modules = [(mod, capture if type(mod) is nn.Linear else s) for mod, s in plan.modules]
         plan = JacobianPlan(hooked=plan.hooked, fallback=plan.fallback, modules=modules)
         # All M outputs in one batched backward pass: the factors keep every backprop anyway.
-        got = _hooked_rows(problem, plan, params, chunk_size=None, batched=True, tap=use_hooks)
+        got = _hooked_rows(
+            problem, plan, params, chunk_size=None, batched=True, tap=use_hooks, stop_early=stop_early
+        )
         if not isinstance(got, frozenset):
             break
         exclude = exclude | got  # modules that do not see the batch first: re-plan without them
-    else:  # pragma: no cover - the second plan excludes every unbatched module
+    else:  # pragma: no cover - the third plan excludes every unbatched module
         raise RuntimeError("factored: could not plan the hooked pass")
     rows, rest = got
     rows = {k: v for k, v in rows.items() if k not in factors}

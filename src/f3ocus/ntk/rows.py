@@ -177,13 +177,16 @@ def _hooked_rows(
     chunk_size: int | None,
     batched: bool,
     tap: bool = True,
+    stop_early: bool = False,
 ) -> tuple[dict[str, Tensor], list[str]] | frozenset[int]:
     """Rows ``(M, N, *shape)`` of the hooked and tapped parameters: one forward, batched backprop passes.
 
     The fallback parameters of ``plan`` are tapped (:mod:`f3ocus.ntk.taps`) when ``tap`` is set.
     Returns the rows and the parameters the taps could not serve; or, if some hooked module's inputs
     or output do not carry the batch first (a sequence-first transformer), the ids of those modules,
-    so that the caller can re-plan without them.
+    so that the caller can re-plan without them. With ``stop_early`` the forward pass stops at the
+    first such module (its id alone is returned): cheap when it comes early, such as a position
+    embedding called on shared position ids.
     """
     n, m = problem.num_samples, problem.num_outputs
     calls: list[tuple[nn.Module, GradSampler, tuple, Tensor, dict]] = []
@@ -201,6 +204,8 @@ def _hooked_rows(
             and inputs[0].shape[0] == n
         ):
             unbatched.add(id(module))
+            if stop_early:
+                raise _Unbatched
             return
         # Snapshot the tensors the module holds during this call (functional_call swaps them).
         state = {**module._parameters, **module._buffers}
@@ -223,6 +228,8 @@ def _hooked_rows(
     try:
         with torch.enable_grad(), taps if tapped else nullcontext():
             out = problem.outputs(live)  # (N, M)
+    except _Unbatched:
+        pass
     finally:
         for h in handles:
             h.remove()
@@ -309,6 +316,10 @@ def _hooked_rows(
         if k in result and not complete(k):
             del result[k]
     return result, [k for k in plan.fallback if k not in result]
+
+
+class _Unbatched(Exception):
+    """Stops a hooked forward pass at a module that does not see the batch first (``stop_early``)."""
 
 
 def _owners(model: nn.Module, names: list[str]) -> tuple[dict[str, list[nn.Module]], dict[int, Any]]:
