@@ -53,21 +53,24 @@ def test_tiny_demo_prints_the_paired_difference_and_writes_the_report(tmp_path, 
         assert (tmp_path / name).stat().st_size > 0
     table = (tmp_path / "table.md").read_text()
     assert table in printed
-    assert "F³OCUS (NTK + nsga2) − client-only NTK top-k" in table
+    assert "F³OCUS (NTK + exact) − client-only NTK top-k" in table
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["pairing_problems"] == []
-    d = summary["summary"]["0.5"]["pairs"]["f3ocus - topk"]["final"]
+    d = summary["summary"]["0.5"]["pairs"]["f3ocus-exact - topk"]["final"]
     sentence = re.search(
-        r"alpha=0.5: F3OCUS - top-k = ([+-][0-9.]+) points, 95% CI \[([+-][0-9.]+), ([+-][0-9.]+)\]"
-        r" \(paired t over 2 seeds\), Wilcoxon p = ([0-9.]+): (.*)\.",
+        r"alpha=0.5: F3OCUS \(NTK \+ exact\) - client-only NTK top-k = ([+-][0-9.]+) points, 95% CI \[([+-][0-9.]+), ([+-][0-9.]+)\]"
+        r" \(paired t over 2 seeds\), Wilcoxon p = ([0-9.]+): (.*?)\. (.*)\.$",
         printed,
+        flags=re.MULTILINE,
     )
     assert sentence is not None, printed
     assert float(sentence.group(1)) == pytest.approx(100 * d["mean"], abs=0.06)
     assert float(sentence.group(2)) == pytest.approx(100 * d["low"], abs=0.06)
     assert sentence.group(5) == d["verdict"]
+    distinguishable = d["low"] > 0 or d["high"] < 0
+    assert ("NOT distinguishable from zero" in sentence.group(6)) == (not distinguishable)
     for seed in ("0", "1"):
-        for s in ("f3ocus", "topk"):
+        for s in ("f3ocus-exact", "topk"):
             rec = json.loads((tmp_path / "cells" / "alpha=0.5" / f"seed={seed}" / f"{s}.json").read_text())
             assert len(rec["accuracy_all"]) == 2 and np.array(rec["plans"][0]).sum(axis=1).tolist() == [1, 2]
     # the run is resumable: nothing is left to do
@@ -142,3 +145,21 @@ def test_python_dash_m_runs_the_command():
         [sys.executable, "-m", "f3ocus", "demo", "--help"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "--seeds" in done.stdout and "--solver" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "words"),
+    [
+        (0.01, 0.05, r"F3OCUS \(NTK \+ exact\) is ahead of top-k, and the difference is distinguishable"),
+        (-0.05, -0.01, r"Top-k is ahead of F3OCUS \(NTK \+ exact\), and the difference is distinguishable"),
+        (-0.01, 0.05, r"The difference is NOT distinguishable from zero with 4 seeds\."),
+    ],
+)
+def test_demo_verdict_says_in_words_whether_the_difference_is_distinguishable(low, high, words):
+    from f3ocus.cli import demo_verdict
+
+    final = {"mean": (low + high) / 2, "low": low, "high": high, "n": 4, "p_wilcoxon": 0.125, "verdict": "v"}
+    summary = {"0.5": {"pairs": {"f3ocus-exact - topk": {"final": final}}}}
+    line = demo_verdict(summary)
+    assert line.startswith("alpha=0.5: F3OCUS (NTK + exact) - client-only NTK top-k = ")
+    assert re.search(words, line), line

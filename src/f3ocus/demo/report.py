@@ -175,7 +175,9 @@ def markdown_table(summary: dict[str, Any], task: dict[str, Any] | None = None) 
             f"average, budgets {task.get('budgets') or 'default (2..6)'} encoder layers + the head, warm start "
             f"{task.get('warmup_rounds')} head-only rounds × {task.get('warmup_steps')} steps, "
             f"{task.get('rounds')} rounds × {task.get('local_steps')} local Adam steps of "
-            f"{task.get('batch_size')} questions at lr {task.get('lr')}, NTK {task.get('kernel')!r} kernel on "
+            f"{task.get('batch_size')} questions at lr {task.get('lr')} (encoder) and "
+            f"{task.get('head_lr', task.get('lr'))} (head), gradients clipped to norm "
+            f"{task.get('max_grad_norm')}, NTK {task.get('kernel')!r} kernel on "
             f"{task.get('score_samples')} questions per client, {task.get('test_images')} test images, "
             f"{task.get('image_size')}×{task.get('image_size')} pixels."
         )
