@@ -182,3 +182,30 @@ def test_weight_gram_costs_prefer_token_kernels_only_when_few_tokens_are_left():
     assert fits and by_kernel < by_rows / 100
     by_rows, by_kernel, _ = _weight_gram_costs(16, 10, 768, 192, 65.0)  # every token
     assert by_rows < by_kernel
+
+
+class _TwoLookups(torch.nn.Module):
+    """One padded embedding table looked up twice (two id tensors), summed, then a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(30, 3, padding_idx=0)
+        self.head = torch.nn.Linear(3, 4)
+
+    def forward(self, a, b):
+        return self.head(torch.tanh(self.embed(a).mean(1) + self.embed(b).mean(1)))
+
+
+def test_embedding_rows_are_compressed_to_the_used_table_rows_and_stay_exact():
+    torch.manual_seed(0)
+    model = _TwoLookups().to(F64)
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randint(0, 8, (3, 5), generator=g), torch.randint(0, 8, (3, 2), generator=g)
+    a[0, 0] = 0  # the padding row has no gradient
+    with scoring_problem(model, (a, b)) as problem:
+        _, rows = _pass(problem, chunk_size=None)
+        used = torch.unique(torch.cat([a.flatten(), b.flatten()])).numel()
+        assert rows["embed.weight"].shape == (4, 3, used, 3)
+    ref = ntk_layer_importance(model, (a, b), method="dense")
+    got = ntk_layer_importance(model, (a, b), method="factored", eig="gram")
+    assert_scores_close(got, ref, rel=1e-10)

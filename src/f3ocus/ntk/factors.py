@@ -120,12 +120,64 @@ def capturing_sampler(
     return capture
 
 
+def embedding_names(plan: JacobianPlan) -> set[str]:
+    """Hooked weights whose every owner is an exact ``nn.Embedding`` (their rows are kept compressed)."""
+    return {
+        name
+        for name, owners in plan.hooked.items()
+        if owners and all(type(m) is nn.Embedding and local == "weight" for m, local in owners)
+    }
+
+
+def capturing_embedding(
+    local_to_name: dict[tuple[int, str], str], calls: dict[str, list[tuple[Tensor, Tensor, int | None]]]
+) -> GradSampler:
+    """An ``nn.Embedding`` grad sampler that records ``(ids, backprops, padding_idx)`` per call instead of rows.
+
+    Like :func:`capturing_sampler`, the first call returns a zero-stride stand-in for the rows;
+    :func:`embedding_rows` builds them afterwards on the table rows the batch uses only.
+    """
+    placed: set[str] = set()
+
+    def capture(module: nn.Module, inputs: tuple, backprops: Tensor) -> dict[str, Tensor]:
+        name = local_to_name[(id(module), "weight")]
+        k, n = backprops.shape[:2]
+        g = backprops.reshape(k, n, -1, module.embedding_dim)
+        calls[name].append((inputs[0].reshape(n, -1), g, module.padding_idx))
+        if name in placed:
+            return {}
+        placed.add(name)
+        return {"weight": g.new_zeros(()).expand(k, n, *module.weight.shape)}
+
+    return capture
+
+
+def embedding_rows(calls: list[tuple[Tensor, Tensor, int | None]]) -> Tensor:
+    r"""Rows ``(M, N, U, dim)`` of an embedding table on the $U$ table rows that the calls' ids use.
+
+    Row $(m, n)$ of the full Jacobian is zero outside those table rows, so the compressed rows have
+    the same Gram $J J^\top$ and the same products; ``(M, N, num_embeddings, dim)`` is never formed (a
+    30522-word table with 16 kernel outputs would take 6 GB for 4 samples).
+    """
+    ids = torch.cat([i for i, _, _ in calls], dim=1)  # (N, S), calls joined along the tokens
+    g = torch.cat([b for _, b, _ in calls], dim=2)  # (M, N, S, dim)
+    used, inverse = torch.unique(ids, return_inverse=True)
+    m, n, s, dim = g.shape
+    out = g.new_zeros(m, n, used.numel(), dim)
+    out.scatter_add_(2, inverse.reshape(1, n, s, 1).expand(m, n, s, dim), g)
+    pad = calls[0][2]
+    if pad is not None:
+        out[:, :, used == pad] = 0.0
+    return out
+
+
 def hooked_factors(problem: NTKProblem, *, chunk_size: int | None, use_hooks: bool = True):
     """One hooked pass: ``(factors, rows)``.
 
     ``factors``: weight name -> list of ``(A (N*S, i), B (N, M, S, o) (a view), o)`` per call;
     ``rows``: every other scored parameter -> rows ``(M, N, *shape)`` (output-major), as
-    :mod:`f3ocus.ntk.rows` builds them.
+    :mod:`f3ocus.ntk.rows` builds them; embedding tables -> ``(M, N, U, dim)`` on the $U$ table rows
+    the batch uses (:func:`embedding_rows`).
     """
     params = problem.layer_params()
     exclude: frozenset[int] = frozenset()
@@ -137,7 +189,12 @@ def hooked_factors(problem: NTKProblem, *, chunk_size: int | None, use_hooks: bo
         local_to_name = {(id(mod), local): name for name, own in plan.hooked.items() for mod, local in own}
         factors: dict[str, list[tuple[Tensor, Tensor, int]]] = {name: [] for name in factored}
         capture = capturing_sampler(local_to_name, factors)
-        modules = [(mod, capture if type(mod) is nn.Linear else s) for mod, s in plan.modules]
+        embeds: dict[str, list[tuple[Tensor, Tensor, int | None]]] = {name: [] for name in embedding_names(plan)}
+        lookup = capturing_embedding(local_to_name, embeds)
+        modules = [
+            (mod, capture if type(mod) is nn.Linear else lookup if _compressed(mod, embeds, local_to_name) else s)
+            for mod, s in plan.modules
+        ]
         plan = JacobianPlan(hooked=plan.hooked, fallback=plan.fallback, modules=modules)
         # All M outputs in one batched backward pass: the factors keep every backprop anyway.
         got = _hooked_rows(
@@ -150,10 +207,15 @@ def hooked_factors(problem: NTKProblem, *, chunk_size: int | None, use_hooks: bo
         raise RuntimeError("factored: could not plan the hooked pass")
     rows, rest = got
     rows = {k: v for k, v in rows.items() if k not in factors}
+    rows.update({k: embedding_rows(calls) for k, calls in embeds.items() if calls})
     if rest:
         fallback = _fallback_rows(problem, rest, params, chunk_size=chunk_size)  # (N, M, *shape)
         rows.update({k: v.transpose(0, 1) for k, v in fallback.items()})
     return factors, rows
+
+
+def _compressed(module: nn.Module, embeds: dict, local_to_name: dict) -> bool:
+    return type(module) is nn.Embedding and local_to_name.get((id(module), "weight")) in embeds
 
 
 def tokens_of(calls: list[tuple[Tensor, Tensor, int]], n: int, m: int) -> tuple[Tensor, Tensor]:
