@@ -139,11 +139,12 @@ def ntk_layer_importance(
             with the fewest estimated flops whose estimated memory fits ``max_memory``.
         seed: Seeds the one ``torch.Generator`` (on the model's device) that iterative methods draw
             start vectors from. ``None``: a fresh random seed.
-        tol: Iterative methods stop when the relative residual $\lVert \Theta_l v - \lambda v \rVert
-            / \lambda \le$ ``tol`` (then $|\lambda - \lambda_{\max}| \le$ ``tol`` $\cdot \lambda$ for
-            the converged Ritz value). ``stats["errors"]`` holds each layer's estimated relative
-            eigenvalue error (Kato-Temple, :mod:`f3ocus.ntk.linalg`). Default: 1e-8 in float64,
-            1e-4 in float32 (:mod:`f3ocus.ntk.calibration`).
+        tol: Bound on the relative error of each $\lambda_{\max}$ for iterative methods: they stop
+            when $\lVert \Theta_l v - \lambda v \rVert \le$ ``tol`` $\cdot \lambda$, and then
+            $0 \le \lambda_{\max} - \lambda \le$ ``tol`` $\cdot \lambda$ unless the random start
+            missed the top eigenvector (the exact guarantee: :mod:`f3ocus.ntk.linalg`).
+            ``stats["errors"]`` holds each layer's estimated relative eigenvalue error (Kato-Temple).
+            Default: 1e-8 in float64, 1e-4 in float32 (:mod:`f3ocus.ntk.calibration`).
         maxiter: Most iterations per layer of an iterative method (Lanczos is exact after $NM$).
         chunk_size: Samples or rows per vectorized batch; bounds memory. ``None``: the method decides.
         max_memory: Bytes the method may use beyond the model; steers ``"auto"`` and chunking.
