@@ -214,3 +214,24 @@ def test_a_layer_every_client_must_train_is_set_aside():
     best = max(enumerate_plans(SelectionProblem(sub.scores[:, :5], np.full(5, 2))),
                key=lambda m: float(sub.scores[:, :5][m].sum() - 0.5 * np.var(m.sum(axis=0))))
     np.testing.assert_array_equal(plan.mask[:, :5], best)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(sel=constrained(), t=st.sampled_from([0.3, 2.0]))
+def test_unit_variable_program_and_fixed_total_bounds_against_brute_force(sel, t):
+    """The unit-variable MIP is exact on any window of totals; the LP at a total bounds every plan with it."""
+    assume(sel.coupling == "spread")
+    plans = enumerate_plans(sel)
+    values = sel.scalarized(plans, t)
+    totals = plans.sum(axis=(1, 2))
+    const = 0.0 if sel.linear is sel.scores or sel.previous is None else -sel.churn_penalty * float(sel.previous.sum())
+    for total in np.unique(totals):
+        out = mip_module._relaxation_at(sel, t, int(total), const)
+        assert out is not None and out[0] >= values[totals == total].max() - 1e-7
+    lo, hi = int(totals.min()), int(totals.max())
+    c, A, rlo, rhi, lb, ub, integrality = mip_module._unary_program(sel, t, lo, hi, const)  # noqa: N806
+    res = mip_module._solve(c, A, rlo, rhi, lb, ub, integrality, None, 1e-9)
+    plan = res.x[: sel.K * sel.L].reshape(sel.K, sel.L) > 0.5
+    assert sel.is_feasible(plan)
+    assert float(sel.scalarized(plan, t)) == pytest.approx(values.max(), abs=1e-7)
+    assert -res.fun == pytest.approx(values.max(), abs=1e-7)  # the objective is minus the value
