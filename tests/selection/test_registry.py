@@ -136,3 +136,48 @@ def test_multi_objective_user_solver_gets_two_objectives_and_a_front():
         assert any(np.array_equal(plan.mask, m) for m in plan.front.masks)
     finally:
         unregister_solver("my_nsga2")
+
+
+def test_declared_smart_start_is_what_the_factory_gets():
+    from f3ocus.selection.heuristics import smart_starts
+    from f3ocus.selection.operators import BudgetCrossover, BudgetMutation, BudgetSampling
+    from f3ocus.selection.problem import SelectionProblem
+
+    seen = []
+
+    @register_solver("starts_probe", smart_start=True)
+    def probe(problem, *, n_gen=2, starts=None):
+        seen.append(starts)
+        return GA(pop_size=10, sampling=BudgetSampling(starts), crossover=BudgetCrossover(),
+                  mutation=BudgetMutation(), termination=("n_gen", n_gen))
+
+    try:
+        scores = heavy_tailed(6, 5, 0)[0]
+        plan = f3ocus.select_layers(scores, 2, solver="starts_probe", tradeoff=0.3, seed=0, normalize="none")
+        expected = smart_starts(SelectionProblem(scores, np.full(6, 2)), 0.3)
+        assert np.array_equal(seen[-1], expected) and plan.stats["smart_start"] is True
+        plan = f3ocus.select_layers(scores, 2, solver="starts_probe", tradeoff=0.3, seed=0, smart_start=False)
+        assert seen[-1] is None and plan.stats["smart_start"] is False
+        with pytest.raises(TypeError, match="smart_start=...\\) must be True or False"):
+            f3ocus.select_layers(scores, 2, solver="starts_probe", tradeoff=0.3, smart_start="no")
+    finally:
+        unregister_solver("starts_probe")
+
+
+def test_undeclared_smart_start_is_an_unknown_option_and_builtins_declare_theirs():
+    @register_solver("plain_probe")
+    def plain(problem, *, n_gen=2):
+        return GA(pop_size=10, sampling=BinaryRandomSampling(), crossover=TwoPointCrossover(),
+                  mutation=BitflipMutation(), termination=("n_gen", n_gen))
+
+    try:
+        assert not get_solver("plain_probe").smart_start and not get_solver("plain_probe").polish
+        with pytest.raises(TypeError, match="'smart_start' is not an option of this solver"):
+            f3ocus.select_layers(heavy_tailed(4, 5, 0)[0], 2, solver="plain_probe", tradeoff=0.3, smart_start=True)
+    finally:
+        unregister_solver("plain_probe")
+    for name in ("nsga2", "ga", "pso", "de"):
+        spec = get_solver(name)
+        assert spec.smart_start and spec.polish and "smart_start" in spec.option_names
+    for name in ("sa", "abc"):
+        assert get_solver(name).polish and not get_solver(name).smart_start

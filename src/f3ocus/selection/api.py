@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from typing import Any
@@ -23,6 +22,7 @@ from f3ocus.selection.constraints import (
     check_feasible,
 )
 from f3ocus.selection.decision import end_slope, knee_tradeoff, pareto_mask, pick
+from f3ocus.selection.heuristics import smart_starts
 from f3ocus.selection.inputs import as_budgets, as_score_matrix, normalize_scores
 from f3ocus.selection.plans import anchor_plan, repair
 from f3ocus.selection.problem import COUPLINGS, SelectionProblem, SelectionPymooProblem
@@ -46,11 +46,18 @@ def _run_pymoo(
     options: dict[str, Any],
 ) -> SolverOutput:
     termination = options.pop("termination", None)
-    polish_final = options.pop("polish", spec.meta.get("polish", False))
+    polish_final = options.pop("polish", spec.polish)
+    smart = options.pop("smart_start", True)
+    if not isinstance(smart, (bool, np.bool_)):
+        raise TypeError(f"select_layers(..., solver={spec.name!r}, smart_start=...) must be True or False, got "
+                        f"{describe(smart)}.")
+    smart = bool(smart) and spec.smart_start
     if spec.multi_objective:
         problem = SelectionPymooProblem(selection, None, spec.encoding, target_tradeoff=tradeoff)
     else:
         problem = SelectionPymooProblem(selection, tradeoff, spec.encoding)
+    if spec.smart_start:  # the starting step: the declared start plans, at the tradeoff the plan is picked with
+        options["starts"] = smart_starts(selection, tradeoff) if smart else None
     algorithm = spec.factory(problem, **options)
     if not isinstance(algorithm, Algorithm):
         raise TypeError(
@@ -66,9 +73,8 @@ def _run_pymoo(
     if polish_final:
         masks, polished = _polish(spec, selection, tradeoff, masks)
         extra.update(polished)
-    param = inspect.signature(spec.factory).parameters.get("smart_start")
-    if param is not None:
-        extra["smart_start"] = bool(options.get("smart_start", param.default))
+    if spec.smart_start:
+        extra["smart_start"] = smart
     return SolverOutput(
         masks, evaluations=int(algo.evaluator.n_eval), generations=max(int(algo.n_gen or 1) - 1, 0), extra=extra
     )

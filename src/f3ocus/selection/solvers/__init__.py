@@ -89,6 +89,9 @@ class SolverSpec:
         encoding: ``"binary"`` or ``"keys"`` (pymoo solvers only).
         meta: free-form metadata given at registration (shown in reports).
         options: the option names the solver accepts (``None``: not declared, anything passes).
+        polish: whether the finishing step climbs the reported plan by default (users pass ``polish=``).
+        smart_start: whether the starting step hands the factory start plans as ``starts=`` (users pass
+            ``smart_start=False`` to get ``starts=None``).
     """
 
     name: str
@@ -98,17 +101,21 @@ class SolverSpec:
     encoding: str = "binary"
     meta: Mapping[str, Any] = field(default_factory=dict)
     options: frozenset[str] | None = None
+    polish: bool = False
+    smart_start: bool = False
 
     @property
     def option_names(self) -> frozenset[str] | None:
-        """Options ``select_layers`` accepts for this solver (``termination`` and ``polish`` for pymoo ones)."""
+        """Options ``select_layers`` accepts for this solver (``termination`` and ``polish`` for pymoo ones,
+        ``smart_start`` where it is declared)."""
         if self.options is None:
             return None
-        return self.options | ({"termination", "polish"} if self.kind == "pymoo" else frozenset())
+        extra = {"termination", "polish"} if self.kind == "pymoo" else set()
+        return self.options | extra | ({"smart_start"} if self.smart_start else set())
 
 
 #: Parameters a solver receives from ``select_layers`` itself, never as user options.
-_INTERNAL = {"problem", "selection", "tradeoff", "rng", "self", "output", "sampling", "kwargs", "options"}
+_INTERNAL = {"problem", "selection", "tradeoff", "rng", "self", "output", "sampling", "kwargs", "options", "starts"}
 
 
 def _declared_options(factory: Callable[..., Any], options: Any) -> frozenset[str] | None:
@@ -159,7 +166,8 @@ def _check_name(name: Any) -> str:
 
 
 def register_solver(
-    name: str, *, multi_objective: bool = False, encoding: str = "binary", options: Any = None, **meta: Any
+    name: str, *, multi_objective: bool = False, encoding: str = "binary", options: Any = None, polish: bool = False,
+    smart_start: bool = False, **meta: Any
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a pymoo algorithm factory under ``name`` (a decorator).
 
@@ -173,6 +181,12 @@ def register_solver(
         options: the options users may pass: ``None`` reads them from the factory's signature (a factory
             with ``**kwargs`` then accepts anything), a class reads its ``__init__``, or a list of names.
             ``select_layers`` raises a ``TypeError`` with a did-you-mean for any other option.
+        polish: the finishing step of ``select_layers`` climbs the plan it reports by single moves and
+            two-client exchanges (users turn it off with ``polish=False``).
+        smart_start: the starting step of ``select_layers`` computes start plans (the client-only plan
+            and greedy plans around the tradeoff, :func:`~f3ocus.selection.heuristics.smart_starts`) and
+            passes them to the factory as ``starts=`` (a ``(P, K, L)`` bool array, or ``None`` when the
+            user passes ``smart_start=False``); the factory seeds its initial population with them.
         **meta: free-form metadata stored on the :class:`SolverSpec`.
 
     Returns:
@@ -189,7 +203,8 @@ def register_solver(
             raise TypeError(f"register_solver({name!r}) decorates a callable factory, got {factory!r}.")
         declared = _declared_options(factory, options)
         _REGISTRY[name] = SolverSpec(
-            name, factory, bool(multi_objective), "pymoo", encoding, MappingProxyType(dict(meta)), declared
+            name, factory, bool(multi_objective), "pymoo", encoding, MappingProxyType(dict(meta)), declared,
+            polish=bool(polish), smart_start=bool(smart_start),
         )
         return factory
 

@@ -6,7 +6,7 @@ continuous spaces", J. Global Optimization 1997, through ``pymoo.algorithms.soo.
 it searches random keys $x \\in [0, 1]^{KL}$ decoded by :func:`~f3ocus.selection.problem.decode_keys`,
 maximizes importance - tradeoff * diversity (the knee
 tradeoff when ``tradeoff=None``), and seeds the client-only and greedy plans into its initial
-population with ``smart_start=True`` (the default, reported in ``stats["smart_start"]``).
+population (a smart start declared at registration; ``smart_start=False`` turns it off; reported in ``stats["smart_start"]``).
 
 Final local improvement (``polish=True``, the default; ``polish=False`` turns it off): the plan the
 solver would report climbs by steepest ascent over single moves and two-client exchanges at the pick's
@@ -16,6 +16,7 @@ tradeoff (:func:`f3ocus.selection.api._polish`); ``stats`` records ``polish_move
 
 from __future__ import annotations
 
+import numpy as np
 from pymoo.algorithms.soo.nonconvex.de import DE
 
 from f3ocus.selection.problem import SelectionPymooProblem
@@ -25,7 +26,7 @@ from f3ocus.selection.solvers.pso import initial_keys
 __all__ = ["de"]
 
 
-@register_solver("de", polish=True, encoding="keys", paper="Storn & Price 1997")
+@register_solver("de", polish=True, smart_start=True, encoding="keys", paper="Storn & Price 1997")
 def de(
     problem: SelectionPymooProblem,
     *,
@@ -34,7 +35,7 @@ def de(
     variant: str = "DE/best/1/bin",
     CR: float = 0.1,  # noqa: N803 - the literature's name
     F: float = 0.8,  # noqa: N803 - the literature's name
-    smart_start: bool = True,
+    starts: np.ndarray | None = None,
 ) -> DE:
     """DE factory.
 
@@ -45,10 +46,11 @@ def de(
         variant: pymoo's DE variant string.
         CR: crossover rate.
         F: differential weight.
-        smart_start: seed the client-only and greedy plans into the initial population.
+        starts: start plans from the declared starting step, seeded into the initial population (``None``:
+            uniformly random).
     """
     algorithm = DE(
-        pop_size=pop_size, variant=variant, CR=CR, F=F, sampling=initial_keys(problem, pop_size, smart_start)
+        pop_size=pop_size, variant=variant, CR=CR, F=F, sampling=initial_keys(problem, pop_size, starts)
     )
     algorithm.termination = ("n_gen", n_gen)  # pymoo's constructor overwrites a termination argument
     return algorithm

@@ -6,7 +6,7 @@ importance - tradeoff * diversity directly; with ``tradeoff=None`` at the knee t
 (:func:`~f3ocus.selection.decision.knee_tradeoff`). Operators as for :mod:`.nsga2`; mutation swaps are
 guided by a small tournament on their exact effect on the objective.
 
-Smart start (``smart_start=True``, the default, reported in ``stats["smart_start"]``): the initial
+Smart start (declared at registration, ``smart_start=False`` turns it off; reported in ``stats["smart_start"]``): the initial
 population holds the client-only plan and the marginal-gain greedy plan
 (:func:`~f3ocus.selection.heuristics.smart_starts`), the rest is uniformly random.
 
@@ -18,9 +18,9 @@ tradeoff (:func:`f3ocus.selection.api._polish`); ``stats`` records ``polish_move
 
 from __future__ import annotations
 
+import numpy as np
 from pymoo.algorithms.soo.nonconvex.ga import GA
 
-from f3ocus.selection.heuristics import smart_starts
 from f3ocus.selection.operators import (
     BudgetCrossover,
     BudgetMutation,
@@ -33,7 +33,7 @@ from f3ocus.selection.solvers import register_solver
 __all__ = ["ga"]
 
 
-@register_solver("ga", polish=True, paper="Holland 1975")
+@register_solver("ga", polish=True, smart_start=True, paper="Holland 1975")
 def ga(
     problem: SelectionPymooProblem,
     *,
@@ -42,7 +42,7 @@ def ga(
     crossover_prob: float = 0.9,
     mutation_rate: float | None = None,
     guided: int = 4,
-    smart_start: bool = True,
+    starts: np.ndarray | None = None,
 ) -> GA:
     """GA factory.
 
@@ -53,9 +53,9 @@ def ga(
         crossover_prob: probability that a mating is crossed.
         mutation_rate: probability per client row of one swap (``None``: ``1/K``, at least one per child).
         guided: tournament size of a mutation swap (``1``: uniform swaps).
-        smart_start: seed the client-only and greedy plans into the initial population.
+        starts: start plans from the declared starting step, seeded into the initial population (``None``:
+            uniformly random).
     """
-    starts = smart_starts(problem.selection, problem.tradeoff) if smart_start else None
     algorithm = GA(
         pop_size=pop_size,
         sampling=BudgetSampling(starts),

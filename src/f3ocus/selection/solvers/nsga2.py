@@ -9,7 +9,7 @@ one, the best of a small tournament by importance or by diversity (equal odds).
 ``select_layers`` picks the reported plan from the final non-dominated set (the knee, or the best
 importance - tradeoff * diversity).
 
-Smart start (``smart_start=True``, the default, reported in ``stats["smart_start"]``): the initial
+Smart start (declared at registration, ``smart_start=False`` turns it off; reported in ``stats["smart_start"]``): the initial
 population holds the client-only plan (the max-importance end of the front) and marginal-gain greedy
 plans (:func:`~f3ocus.selection.heuristics.smart_starts`) at the target tradeoff, or along a grid of
 tradeoffs for the knee.
@@ -22,9 +22,9 @@ tradeoff (:func:`f3ocus.selection.api._polish`); ``stats`` records ``polish_move
 
 from __future__ import annotations
 
+import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
 
-from f3ocus.selection.heuristics import smart_starts
 from f3ocus.selection.operators import (
     BudgetCrossover,
     BudgetMutation,
@@ -37,7 +37,7 @@ from f3ocus.selection.solvers import register_solver
 __all__ = ["nsga2"]
 
 
-@register_solver("nsga2", polish=True, multi_objective=True, paper="Deb et al. 2002")
+@register_solver("nsga2", polish=True, smart_start=True, multi_objective=True, paper="Deb et al. 2002")
 def nsga2(
     problem: SelectionPymooProblem,
     *,
@@ -46,10 +46,9 @@ def nsga2(
     crossover_prob: float = 0.9,
     mutation_rate: float | None = None,
     guided: int = 4,
-    smart_start: bool = True,
+    starts: np.ndarray | None = None,
 ) -> NSGA2:
     """NSGA-II factory (arguments as for :func:`~f3ocus.selection.solvers.ga.ga`)."""
-    starts = smart_starts(problem.selection, problem.target_tradeoff) if smart_start else None
     algorithm = NSGA2(
         pop_size=pop_size,
         sampling=BudgetSampling(starts),

@@ -7,7 +7,7 @@ particle is a vector of random keys $x \\in [0, 1]^{KL}$ and is decoded to a pla
 keys; Bean, ORSA J. Computing 1994). It maximizes importance - tradeoff * diversity (the knee tradeoff
 when ``tradeoff=None``).
 
-Smart start (``smart_start=True``, the default, reported in ``stats["smart_start"]``): the client-only
+Smart start (declared at registration, ``smart_start=False`` turns it off; reported in ``stats["smart_start"]``): the client-only
 and greedy plans (:func:`~f3ocus.selection.heuristics.smart_starts`) enter the initial swarm as keys
 $0.25 + 0.5\\,m$ (trained layers above untrained ones); the other particles are uniformly random.
 
@@ -22,14 +22,13 @@ from __future__ import annotations
 import numpy as np
 from pymoo.algorithms.soo.nonconvex.pso import PSO
 
-from f3ocus.selection.heuristics import smart_starts
 from f3ocus.selection.problem import SelectionPymooProblem
 from f3ocus.selection.solvers import register_solver
 
 __all__ = ["initial_keys", "pso"]
 
 
-def initial_keys(problem: SelectionPymooProblem, pop_size: int, smart_start: bool) -> np.ndarray:
+def initial_keys(problem: SelectionPymooProblem, pop_size: int, starts: np.ndarray | None) -> np.ndarray:
     r"""``(pop_size, K*L)`` initial keys.
 
     Without a smart start the keys are uniform in $[0, 1]$. With one, particle $i$ encodes start plan
@@ -41,9 +40,9 @@ def initial_keys(problem: SelectionPymooProblem, pop_size: int, smart_start: boo
     """
     sel = problem.selection
     rng = np.random.default_rng(np.frombuffer(sel.scores.tobytes(), dtype=np.uint32)[:64].tolist())
-    if not smart_start:
+    if starts is None:
         return rng.random((pop_size, sel.K * sel.L))
-    starts = smart_starts(sel, problem.tradeoff).reshape(-1, sel.K * sel.L)
+    starts = np.asarray(starts, dtype=bool).reshape(-1, sel.K * sel.L)
     delta = 0.05
     base = 0.5 + delta * (2.0 * starts[np.arange(pop_size) % len(starts)] - 1.0)
     noise = rng.normal(0.0, delta / 3.0, base.shape)
@@ -51,7 +50,7 @@ def initial_keys(problem: SelectionPymooProblem, pop_size: int, smart_start: boo
     return np.clip(base + noise, 0.0, 1.0)
 
 
-@register_solver("pso", polish=True, encoding="keys", paper="Kennedy & Eberhart 1995")
+@register_solver("pso", polish=True, smart_start=True, encoding="keys", paper="Kennedy & Eberhart 1995")
 def pso(
     problem: SelectionPymooProblem,
     *,
@@ -60,7 +59,7 @@ def pso(
     w: float = 0.5,
     c1: float = 2.0,
     c2: float = 2.0,
-    smart_start: bool = True,
+    starts: np.ndarray | None = None,
 ) -> PSO:
     """PSO factory (fixed inertia and acceleration, particles start at rest).
 
@@ -71,11 +70,12 @@ def pso(
         w: inertia weight.
         c1: cognitive (own best) acceleration.
         c2: social (swarm best) acceleration.
-        smart_start: start the swarm around the client-only and greedy plans (:func:`initial_keys`).
+        starts: start plans from the declared starting step (``None``: a uniform swarm); the swarm starts
+            around them (:func:`initial_keys`).
     """
     algorithm = PSO(
         pop_size=pop_size,
-        sampling=initial_keys(problem, pop_size, smart_start),
+        sampling=initial_keys(problem, pop_size, starts),
         w=w,
         c1=c1,
         c2=c2,
