@@ -25,11 +25,13 @@ __all__ = [
 LANCZOS_STEPS = 13
 """Lanczos steps per layer that the cost models expect.
 
-The median over the blocks of the small ViT at the default float32 ``tol`` (1e-4), with the Linear
-weights solved by factored Lanczos (``eig="lanczos"``): 10, 12, 13, 13, 13, 15 for blocks 0-5 (the
-head, of low rank, takes 3). At 13 the cost model prefers the factored Gram for those blocks by a
-factor 0.86, as measured (Gram 6.9x, 13 Lanczos steps 8.6x one forward+backward). Measured with
-``benchmarks/vit_small_ntk.py`` and the steps in ``benchmarks/results/ntk_cpu_vit_small_n16.json``.
+The median over the blocks of the small ViT at $N = 16$ and the default float32 ``tol`` (1e-4), with
+the Linear weights solved by factored Lanczos (``eig="lanczos"``): 10, 11, 13, 14, 12, 15 steps for
+blocks 0-5 (median 12.5; the head, of low rank, takes 4). At 13 the cost model prefers the factored
+Gram for those blocks by a factor 0.86, and so does the clock: in the same run the default (Gram)
+path cost 11.9x one forward+backward and every layer by Lanczos 28.6x
+(``python benchmarks/vit_small_ntk.py --n 16 --repeats 7``,
+``benchmarks/results/ntk_cpu_vit_small_n16.json``, a 2-core CPU shared with other jobs).
 """
 
 ROWS_WEIGHT = 2.0
