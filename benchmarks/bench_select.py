@@ -174,28 +174,39 @@ def bench_solvers(sizes, taus, seeds, solvers, log) -> list[dict]:
     return rows
 
 
-def bench_exact(sizes, taus, seed, log) -> list[dict]:
+def bench_exact(sizes, taus, seed, log, repeats=5) -> list[dict]:
+    """``solve_exact`` (cycle canceling where it applies) against the flow LP baseline, interleaved.
+
+    ``seconds`` is the median over ``repeats`` of the dispatched exact solver, ``lp_seconds`` the median
+    of the windowed flow LP on the same instance, timed alternately in the same loop (the machine is
+    shared); ``speedup = lp_seconds / seconds``. Both values must agree (both are exact).
+    """
+    from f3ocus.selection.exact import _solve_fixed_total, solve_exact
+
     rows = []
     for K, L in sizes:  # noqa: N806
         raw, budgets = instance(K, L, seed)
         sel = SelectionProblem(normalize_scores(raw, "sum"), budgets)
         for tau in taus:
             t = tau * L / K
-            start = time.perf_counter()
-            plan = exact_optimum(sel, t)
-            seconds = time.perf_counter() - start
-            rows.append(
-                {
-                    "K": K,
-                    "L": L,
-                    "seed": seed,
-                    "tau": tau,
-                    "tradeoff": t,
-                    "seconds": seconds,
-                    "value": float(sel.scalarized(plan, t)),
-                }
-            )
-            log(f"exact K={K:5d} L={L:3d} tau={tau:<4}: {seconds:.3f}s")
+            fast, slow = [], []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                plan, info = solve_exact(sel, t)
+                fast.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                lp = _solve_fixed_total(sel, t, int(sel.budgets.sum()))
+                slow.append(time.perf_counter() - start)
+            value, lp_value = float(sel.scalarized(plan, t)), float(sel.scalarized(lp, t))
+            if abs(value - lp_value) > 1e-9 * max(1.0, abs(lp_value)):
+                raise RuntimeError(f"exact K={K} L={L} tau={tau}: {info['method']} {value} != LP {lp_value}")
+            row = {"K": K, "L": L, "seed": seed, "tau": tau, "tradeoff": t, "method": info["method"],
+                   "seconds": float(np.median(fast)), "lp_seconds": float(np.median(slow)), "repeats": repeats,
+                   "value": value}
+            row["speedup"] = row["lp_seconds"] / row["seconds"]
+            rows.append(row)
+            log(f"exact K={K:5d} L={L:3d} tau={tau:<4}: {row['seconds']:.3f}s ({info['method']}), "
+                f"LP {row['lp_seconds']:.3f}s, x{row['speedup']:.1f}")
     return rows
 
 
@@ -248,6 +259,14 @@ def bench_constrained(sizes, taus, seeds, solvers, log, time_limit=10.0) -> list
             log("   " + ", ".join(f"{k} {v['gap']:.2%} {v['seconds']:.1f}s" for k, v in row["solvers"].items()))
             rows.append(row)
     return rows
+
+
+def render_exact(result: dict) -> str:
+    """Markdown table of an ``--exact-only`` run: median seconds of the exact solver and of the flow LP."""
+    lines = ["| K | L | tau | method | exact s | flow LP s | speedup |", "| ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    lines += [f"| {r['K']} | {r['L']} | {r['tau']} | {r['method']} | {r['seconds']:.3f} | {r['lp_seconds']:.3f} | "
+              f"{r['speedup']:.1f}x |" for r in result["rows"]]
+    return "\n".join(lines) + "\n"
 
 
 def render_constrained(result: dict) -> str:
@@ -335,13 +354,18 @@ def main(argv=None) -> Path:
     parser.add_argument("--sizes", nargs="*", default=None, help="K,L pairs for --constrained, e.g. 50,48")
     parser.add_argument("--taus", nargs="*", type=float, default=None)
     parser.add_argument("--skip-exact", action="store_true", help="leave out the exact-solver scaling table")
+    parser.add_argument("--exact-only", action="store_true",
+                        help="only the exact-solver scaling table (select_exact_<device>.json)")
     args = parser.parse_args(argv)
     if args.table is not None:
         data = json.loads(args.table.read_text())
-        render = render_constrained if data.get("benchmark") == "select_constrained" else render_markdown
+        render = {"select_constrained": render_constrained, "select_exact": render_exact}.get(
+            data.get("benchmark"), render_markdown)
         print(render(data), end="")
         return args.table
     solvers = args.solvers or [*available_solvers(), "mopso:local_search=False"]
+    if args.exact_only:
+        return main_exact(args)
     if args.constrained:
         return main_constrained(args, [s for s in solvers if s != "mopso:local_search=False"])
     if args.quick:
@@ -382,6 +406,20 @@ def main(argv=None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     log(f"wrote {out}")
+    return out
+
+
+def main_exact(args) -> Path:
+    """``--exact-only``: the exact solver against the flow LP for K up to 1000, L up to 64."""
+    sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else [
+        (K, L) for K in (10, 50, 200, 500, 1000) for L in (24, 48, 64)]
+    dev = device()
+    out = args.out or Path(__file__).parent / "results" / f"select_exact_{dev['kind']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = bench_exact(sizes, args.taus or [0.2, 1.0], args.seeds[0], lambda m: print(m, flush=True))
+    out.write_text(json.dumps({"benchmark": "select_exact", "device": dev, "versions": versions(),
+                               "seeds": args.seeds[:1], "rows": rows}, indent=1))
+    print(f"wrote {out}", flush=True)
     return out
 
 
