@@ -391,7 +391,7 @@ def _spread(sel, t, gap, time_limit, start, const) -> MipResult:
             bound = best_value
         if res.x is not None:
             plan = res.x[: sel.K * L].reshape(sel.K, L) > 0.5
-            for cand in (plan, _climb(sel, t, plan)):
+            for cand in (plan, _climb(sel, t, plan) if left() is None or left() > 0 else plan):
                 value = float(sel.scalarized(cand, t))
                 if value > best_value and sel.is_feasible(cand):
                     best, best_value = cand, value
