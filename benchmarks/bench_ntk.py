@@ -221,6 +221,13 @@ def main(argv: list[str] | None = None) -> dict:
         "--matfree-max-n", type=int, default=8, help="largest N for the (slow) matrix-free 'lanczos' method"
     )
     parser.add_argument("--no-tutorial", action="store_true", help="skip the tutorial baseline")
+    parser.add_argument(
+        "--hf-methods", nargs="*", default=["auto"], help="HF models: methods to time (after the dense reference)"
+    )
+    parser.add_argument(
+        "--sketch", nargs="*", default=[], metavar="RANK:POWER",
+        help="HF models, kernel 'output': also time method='sketch' with these rank:power settings",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--slow", type=float, default=60.0, help="seconds above which a run is not repeated")
@@ -338,9 +345,12 @@ def run_hf(args, model_name: str, device: torch.device) -> dict:
                 kw["targets"] = kw["targets"].to(device)
             fb = hf_forward_backward(model, batch, kw)
             ref = None
-            for method in ["dense", "auto"]:
-                def fn(method=method, model=model, batch=batch, kw=kw):
-                    s = ntk_layer_importance(model, batch, method=method, seed=0, throw=False, **kw)
+            runs = [("dense", {})] + [(m, {}) for m in args.hf_methods]
+            if kw.get("kernel", "output") == "output":
+                runs += [("sketch", dict(zip(("rank", "power"), map(int, rp.split(":")), strict=True))) for rp in args.sketch]
+            for method, options in runs:
+                def fn(method=method, model=model, batch=batch, kw=kw, options=options):
+                    s = ntk_layer_importance(model, batch, method=method, seed=0, throw=False, **kw, **options)
                     return dict(s), s.stats
 
                 if method == "dense":
@@ -362,10 +372,15 @@ def run_hf(args, model_name: str, device: torch.device) -> dict:
                     "cpu_ratio_to_fwd_bwd": got["cpu_ratio"], "peak_bytes": got["peak_bytes"],
                     "fwd_bwd_seconds": got["base_seconds"], "max_rel_err_to_dense": err,
                     "parameters": sum(p.numel() for p in model.parameters()),
+                    "options": options,
+                    "estimate": bool(stats["extra"].get("estimate", False)),
+                    "max_estimated_error": max(stats["errors"].values(), default=0.0),
+                    "scores": values,
+                    "errors": stats["errors"],
                 }
                 rows.append(row)
                 print(
-                    f"N={n} {kernel:6s} auto->{stats['method']:9s} {got['seconds']:8.2f}s {got['ratio']:6.2f}x "
+                    f"N={n} {kernel:6s} {method}->{stats['method']:9s} {options or ''} {got['seconds']:8.2f}s {got['ratio']:6.2f}x "
                     f"fwd+bwd (cpu {got['cpu_ratio']:.2f}x) peak {got['peak_bytes'] / 2**20:.0f} MiB "
                     f"err {err if err is None else f'{err:.1e}'}",
                     flush=True,
