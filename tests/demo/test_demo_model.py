@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import types
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -232,3 +233,40 @@ def test_ntk_scores_of_the_demo_model_match_the_dense_reference(demo_model):
     for name in one_block:
         assert fast[name] == pytest.approx(dense[name], rel=1e-8)
     assert all(v > 0 for v in dense.values())
+
+
+@pytest.mark.parametrize("score", ["grad_norm", "fisher", "snip"])
+def test_baseline_scores_of_the_clients_match_the_plain_loop_reference(score):
+    """The (K, L) score matrix of a baseline-score strategy equals the reference scores (float64)."""
+    import dataclasses
+
+    from f3ocus.demo.run import TaskConfig, _per_sample_loss, _scores
+    from f3ocus.demo.train import scoring_batch
+    from f3ocus.scoring.reference import reference_scores
+
+    data, split, _ = tiny_data()
+    data = dataclasses.replace(data, clients=[split, split])
+    model = tiny_model()
+    model.requires_grad_(False)
+    named = [n for n, _ in model.named_parameters()]
+    layer_map = {e: [n for n in named if n.startswith(e + ".")] for e in ("image", "text", "head")}
+    names = ["image", "text"]
+    config = TaskConfig(clients=2, score_samples=5)
+    got = _scores(model, data, layer_map, names, config, seed=3, r=1, score=score)
+    assert got.shape == (2, 2)
+    for k in range(2):
+        g = child_generator(3, 20_000 + 1, k)  # the scoring batch of client k in round 1
+        batch, answers = scoring_batch(data, split, 5, g)
+        model.image.requires_grad_(True)
+        model.text.requires_grad_(True)
+        ref = reference_scores(
+            model,
+            batch,
+            score,
+            layers={n: layer_map[n] for n in names},
+            loss_fn=_per_sample_loss,
+            targets=answers,
+        )
+        model.requires_grad_(False)
+        np.testing.assert_allclose(got[k], [ref[n] for n in names], rtol=1e-9)
+    assert not any(p.requires_grad for p in model.parameters())  # the scoring left the flags as they were

@@ -15,6 +15,7 @@ from f3ocus.demo.strategies import (
     knee_tradeoff,
     make_plan,
     plan_diversity,
+    score_of,
 )
 
 NAMES = [f"layer{i}" for i in range(7)]
@@ -24,7 +25,7 @@ NAMES = [f"layer{i}" for i in range(7)]
 @given(
     budgets=st.lists(st.integers(1, 7), min_size=1, max_size=5),
     seed=st.integers(0, 10_000),
-    strategy=st.sampled_from([*STRATEGIES, "exact-x3"]),
+    strategy=st.sampled_from([*STRATEGIES, "exact-x3", "topk-fisher", "f3ocus-snip", "f3ocus-grad_norm"]),
 )
 def test_plans_keep_budgets_and_name_layers_in_model_order(budgets, seed, strategy):
     rng = np.random.default_rng(seed)
@@ -37,11 +38,11 @@ def test_plans_keep_budgets_and_name_layers_in_model_order(budgets, seed, strate
         assert layers == [NAMES[j] for j in np.flatnonzero(row)]
     if strategy == "lastk":
         assert all(row[len(NAMES) - b :].all() for row, b in zip(plan.mask, budgets, strict=True))
-    if strategy == "topk":
+    if strategy in ("topk", "topk-fisher"):
         for row, s, b in zip(plan.mask, scores, budgets, strict=True):
             assert set(np.flatnonzero(row)) == set(np.argsort(-s)[:b])
     assert plan.stats["diversity"] == pytest.approx(plan_diversity(plan.mask))
-    if strategy in ("f3ocus", "f3ocus-exact", "topk", "exact-x3"):
+    if score_of(strategy) is not None:
         assert np.array_equal(plan.scores, scores)
     else:
         assert plan.scores is None
@@ -87,6 +88,21 @@ def test_exact_at_zero_tradeoff_is_topk_and_the_sweep_lowers_diversity(seed, k):
         for c in (0, 1, 3, 10)
     ]
     assert all(b <= a + 1e-9 for a, b in zip(divs, divs[1:], strict=False))
+
+
+def test_baseline_score_strategies_name_their_score_and_solver():
+    assert [score_of(s) for s in ("topk-grad_norm", "f3ocus-fisher", "f3ocus-snip", "topk", "lastk")] == [
+        "grad_norm",
+        "fisher",
+        "snip",
+        "ntk",
+        None,
+    ]
+    scores = np.array([[10.0, 1.0, 1.0, 1.0]] * 4) + np.arange(4)[:, None] * 1e-3
+    plan = make_plan("f3ocus-fisher", NAMES[:4], [1] * 4, score_fn=lambda: scores, solver="exact")
+    assert plan.stats["solver"] == "exact" and plan.mask.sum(axis=0).max() < 4  # balanced like f3ocus
+    with pytest.raises(ValueError, match=r"topk-<score> / f3ocus-<score> with <score> one of \['grad_norm'"):
+        make_plan("topk-synflow", NAMES, [1], score_fn=lambda: scores)
 
 
 def test_knee_tradeoff_is_the_chord_slope():

@@ -30,7 +30,7 @@ TINY = TaskConfig(
     test_images=3,
     image_size=32,
 )
-STUDY = StudyConfig(TINY, (0, 1), (Block(0.5, ("topk", "random", "full")),))
+STUDY = StudyConfig(TINY, (0, 1), (Block(0.5, ("topk", "random", "full", "head", "topk-fisher")),))
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,9 @@ def study(tmp_path_factory):
 
 def test_every_cell_is_written_and_paired(study):
     out, result = study
-    assert result["ran"] == 6
+    assert result["ran"] == 10
     for seed in STUDY.seeds:
-        for s in ("topk", "random", "full"):
+        for s in ("topk", "random", "full", "head", "topk-fisher"):
             assert cell_path(out, 0.5, seed, s).exists()
     cells = result["cells"]
     assert check_pairing(cells) == []
@@ -57,6 +57,16 @@ def test_every_cell_is_written_and_paired(study):
     assert cells[0.5][0]["topk"]["data_digest"] != cells[0.5][1]["topk"]["data_digest"]
 
 
+def test_baseline_score_strategy_plans_from_its_own_scores(study):
+    _, result = study
+    for per in result["cells"][0.5].values():
+        fisher, ntk = per["topk-fisher"], per["topk"]
+        assert fisher["scores"][0] != ntk["scores"][0]  # another score on the same scoring batch
+        for mask, scores in zip(fisher["plans"], fisher["scores"], strict=True):
+            for row, s, b in zip(mask, scores, fisher["budgets"], strict=True):
+                assert set(np.flatnonzero(row)) == set(np.argsort(-np.array(s), kind="stable")[:b])
+
+
 def test_head_is_trained_by_every_client_outside_the_budget(study):
     _, result = study
     for per in result["cells"][0.5].values():
@@ -66,7 +76,7 @@ def test_head_is_trained_by_every_client_outside_the_budget(study):
             assert HEAD not in rec["layers"] and len(rec["layers"]) == 21
             for mask, params in zip(rec["plans"], rec["params_up"], strict=True):
                 mask = np.array(mask, dtype=bool)
-                expected_rows = [21, 21] if s == "full" else [1, 2]
+                expected_rows = {"full": [21, 21], "head": [0, 0]}.get(s, [1, 2])
                 assert mask.sum(axis=1).tolist() == expected_rows
                 uploaded = [
                     counts[HEAD] + sum(counts[rec["layers"][j]] for j in np.flatnonzero(row)) for row in mask

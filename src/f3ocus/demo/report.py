@@ -39,6 +39,8 @@ LABELS = {
     "head": "head only (no encoder layer)",
 }
 
+_SCORE_LABELS = {"grad_norm": "grad norm", "fisher": "Fisher", "snip": "SNIP"}
+
 #: Pairs (a, b) whose difference a - b is reported, where both ran.
 PAIRS = (
     ("f3ocus", "topk"),
@@ -53,6 +55,9 @@ PAIRS = (
     ("topk", "head"),
     ("exact-x3", "topk"),
     ("exact-x10", "topk"),
+    ("f3ocus-grad_norm", "topk-grad_norm"),
+    ("f3ocus-fisher", "topk-fisher"),
+    ("f3ocus-snip", "topk-snip"),
 )
 
 _TAIL = 3
@@ -62,6 +67,10 @@ def label(strategy: str) -> str:
     """Display name of a strategy (``exact-x3`` -> ``exact, t = 3 t*``)."""
     if strategy.startswith("exact-x"):
         return f"exact, t = {strategy[7:]}·t*"
+    for prefix, name in (("topk-", "top-k"), ("f3ocus-", "F³OCUS")):
+        score = strategy[len(prefix) :]
+        if strategy.startswith(prefix) and score in _SCORE_LABELS:
+            return f"{name} on {_SCORE_LABELS[score]}"
     return LABELS.get(strategy, strategy)
 
 

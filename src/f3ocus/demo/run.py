@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from f3ocus._checks import check_choice, check_int, check_positive_float
-from f3ocus.demo.strategies import check_strategy, default_budgets, is_scored, make_plan
+from f3ocus.demo.strategies import check_strategy, default_budgets, make_plan, score_of
 
 __all__ = ["HEAD", "TaskConfig", "load_model", "run_seed"]
 
@@ -174,9 +174,13 @@ def _per_sample_loss(logits, answers):
     return torch.nn.functional.cross_entropy(logits, answers, reduction="none")
 
 
-def _scores(model, data, layer_map, names, config: TaskConfig, seed: int, r: int) -> np.ndarray:
-    """The ``(K, L)`` NTK scores of the encoder layers ``names`` on each client's scoring batch."""
-    from f3ocus import ntk_layer_importance
+def _scores(
+    model, data, layer_map, names, config: TaskConfig, seed: int, r: int, score: str = "ntk"
+) -> np.ndarray:
+    """The ``(K, L)`` scores of the encoder layers ``names`` on each client's scoring batch: the NTK
+    (:func:`f3ocus.ntk_layer_importance` with ``config.kernel``) or a baseline score of
+    :func:`f3ocus.layer_scores` on the per-sample cross-entropy. The batch is the same for every score."""
+    from f3ocus import layer_scores, ntk_layer_importance
     from f3ocus.demo.train import child_generator, scoring_batch
     from f3ocus.fl import train_only
 
@@ -186,10 +190,14 @@ def _scores(model, data, layer_map, names, config: TaskConfig, seed: int, r: int
         for k, split in enumerate(data.clients):
             g = child_generator(seed, 20_000 + r, k)
             batch, answers = scoring_batch(data, split, config.score_samples, g)
-            extra: dict[str, Any] = {}
-            if config.kernel == "loss":
-                extra = {"loss_fn": _per_sample_loss, "targets": answers}
-            s = ntk_layer_importance(model, batch, layers=layers, kernel=config.kernel, seed=seed, **extra)
+            loss = {"loss_fn": _per_sample_loss, "targets": answers}
+            if score == "ntk":
+                extra: dict[str, Any] = loss if config.kernel == "loss" else {}
+                s = ntk_layer_importance(
+                    model, batch, layers=layers, kernel=config.kernel, seed=seed, **extra
+                )
+            else:
+                s = layer_scores(model, batch, score, layers=layers, seed=seed, **loss)
             rows.append([float(s[name]) for name in names])
     return np.array(rows)
 
@@ -216,14 +224,16 @@ def _run_strategy(strategy, model, data, layer_map, names, budgets, config, seed
     pool_features: dict[str, torch.Tensor] = {}
     for r in range(config.rounds):
         score_fn = None
-        if is_scored(strategy):
+        score = score_of(strategy)
+        if score is not None:
 
-            def score_fn(r=r):
+            def score_fn(r=r, score=score):
                 if r == 0:  # every strategy starts from the same model: round-0 scores are shared
-                    if "round0" not in shared:
-                        shared["round0"] = _scores(model, data, layer_map, names, config, seed, r)
-                    return shared["round0"]
-                return _scores(model, data, layer_map, names, config, seed, r)
+                    key = f"round0/{score}"
+                    if key not in shared:
+                        shared[key] = _scores(model, data, layer_map, names, config, seed, r, score)
+                    return shared[key]
+                return _scores(model, data, layer_map, names, config, seed, r, score)
 
         plan = make_plan(
             strategy, names, budgets, score_fn=score_fn, solver=config.solver, seed=seed * 1000 + r

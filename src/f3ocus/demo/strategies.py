@@ -14,6 +14,9 @@ With $L$ selectable layers (the encoder layers, model order) and client $k$'s bu
   client-only ablation: no server-side balancing).
 - ``random``: $b_k$ layers drawn uniformly per client and round (``solver="random"``).
 - ``lastk``: each client trains its last $b_k$ layers (the usual "fine-tune the top" heuristic).
+- ``topk-<score>`` and ``f3ocus-<score>`` with ``<score>`` one of :data:`BASELINE_SCORES` (``grad_norm``,
+  ``fisher``, ``snip``; :func:`f3ocus.layer_scores`): top-k and F³OCUS (the ``f3ocus`` solver) on a baseline
+  layer score instead of the NTK, the score rows of the paper's Table 1 at this scale.
 - ``full``: every client trains all $L$ layers (the upper reference; it ignores the budgets).
 - ``head``: no client trains an encoder layer, only the task head (the lower reference: what the head alone
   gains in the rounds, so that the encoder layers' contribution of every other strategy can be read off).
@@ -32,15 +35,29 @@ import numpy as np
 
 from f3ocus._checks import check_choice
 
-__all__ = ["STRATEGIES", "Plan", "make_plan", "default_budgets", "plan_diversity", "is_strategy"]
+__all__ = [
+    "BASELINE_SCORES",
+    "STRATEGIES",
+    "Plan",
+    "default_budgets",
+    "is_strategy",
+    "make_plan",
+    "plan_diversity",
+    "score_of",
+]
 
 STRATEGIES: tuple[str, ...] = ("f3ocus", "f3ocus-exact", "topk", "random", "lastk", "full", "head")
 _SWEEP = re.compile(r"^exact-x(\d+(?:\.\d+)?)$")
+#: Baseline layer scores of the ``topk-<score>`` / ``f3ocus-<score>`` strategies.
+BASELINE_SCORES: tuple[str, ...] = ("grad_norm", "fisher", "snip")
+_BASELINE = re.compile(r"^(topk|f3ocus)-(" + "|".join(BASELINE_SCORES) + r")$")
 
 
 def is_strategy(name: str) -> bool:
     """Whether ``name`` is one of :data:`STRATEGIES` or a sweep point ``exact-x<c>``."""
-    return isinstance(name, str) and (name in STRATEGIES or _SWEEP.match(name) is not None)
+    if not isinstance(name, str):
+        return False
+    return name in STRATEGIES or _SWEEP.match(name) is not None or _BASELINE.match(name) is not None
 
 
 def check_strategy(argname: str, name: str) -> str:
@@ -49,13 +66,26 @@ def check_strategy(argname: str, name: str) -> str:
         try:
             check_choice(argname, name, STRATEGIES)
         except ValueError as err:
-            raise ValueError(f"{err} Or exact-x<c> (exact solver at c times the knee tradeoff).") from None
+            raise ValueError(
+                f"{err} Or exact-x<c> (exact solver at c times the knee tradeoff), or topk-<score> / "
+                f"f3ocus-<score> with <score> one of {list(BASELINE_SCORES)}."
+            ) from None
     return name
 
 
 def is_scored(name: str) -> bool:
-    """Whether the strategy needs the clients' NTK scores."""
-    return name in ("f3ocus", "f3ocus-exact", "topk") or _SWEEP.match(name) is not None
+    """Whether the strategy needs the clients' layer scores."""
+    return score_of(name) is not None
+
+
+def score_of(name: str) -> str | None:
+    """The layer score a strategy plans from: ``"ntk"``, a baseline score name, or None (unscored)."""
+    baseline = _BASELINE.match(name)
+    if baseline is not None:
+        return baseline.group(2)
+    if name in ("f3ocus", "f3ocus-exact", "topk") or _SWEEP.match(name) is not None:
+        return "ntk"
+    return None
 
 
 def knee_tradeoff(importance: np.ndarray, diversity: np.ndarray) -> float:
@@ -119,8 +149,8 @@ def make_plan(
         strategy: One of :data:`STRATEGIES` or ``exact-x<c>``.
         names: The $L$ selectable layer names in model order.
         budgets: $b_k$ per client.
-        score_fn: Returns the ``(K, L)`` NTK score matrix of the current model (called only by the
-            scored strategies).
+        score_fn: Returns the ``(K, L)`` score matrix of the current model (:func:`score_of` says which
+            score; called only by the scored strategies).
         solver: The solver of ``f3ocus`` (any of :func:`f3ocus.available_solvers`).
         seed: Seed of the solver / of the random plan.
 
@@ -148,9 +178,9 @@ def make_plan(
         raise ValueError(f"strategy={strategy!r} needs score_fn= (the clients' NTK scores); got None.")
     scores = np.asarray(score_fn(), dtype=float)
     tradeoff = None
-    if strategy == "topk":
+    if strategy == "topk" or strategy.startswith("topk-"):
         chosen = "topk"
-    elif strategy == "f3ocus":
+    elif strategy == "f3ocus" or _BASELINE.match(strategy) is not None:
         chosen = solver
     else:
         chosen = "exact"
