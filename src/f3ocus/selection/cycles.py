@@ -52,23 +52,24 @@ def _best_replies(S: np.ndarray, budgets: np.ndarray, add, passes: int) -> np.nd
 
 
 def _gains(S: np.ndarray, m: np.ndarray):  # noqa: N803
-    """``(W, who)``: the best move gain ``w(l, l')`` over the clients, and which client makes it."""
+    """``(W, who)``: the best move gain ``w(l, l')`` over the clients, and ``who(l, l')``, the client making it
+    (looked up only for the edges of the cycles canceled)."""
     K, L = S.shape  # noqa: N806
     lay, k = np.nonzero(m.T)  # the plan's cells, ordered by layer
     gain = S[k] - S[k, lay][:, None]
     gain[m[k]] = -np.inf
     counts = np.bincount(lay, minlength=L)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    starts = np.concatenate([[0], np.cumsum(counts)])
     W = np.full((L, L), -np.inf)  # noqa: N806
-    who = np.full((L, L), -1, dtype=np.int64)
     full = counts > 0
     if k.size:
-        W[full] = np.maximum.reduceat(gain, starts[full], axis=0)
-        rows = np.arange(k.size)[:, None]
-        first = np.where(gain == W[lay], rows, k.size)
-        pick = np.minimum.reduceat(first, starts[full], axis=0)
-        who[full] = np.where(pick < k.size, k[np.minimum(pick, k.size - 1)], -1)
+        W[full] = np.maximum.reduceat(gain, starts[:-1][full], axis=0)
     np.fill_diagonal(W, -np.inf)
+
+    def who(a: int, b: int) -> int:
+        block = slice(starts[a], starts[a + 1])
+        return int(k[block][np.argmax(gain[block, b])])
+
     return W, who
 
 
@@ -144,7 +145,7 @@ def cycle_canceling_optimum(
             edges = list(zip(cycle, cycle[1:] + cycle[:1], strict=True))
             if sum(H[a, b] for a, b in edges) <= tol:  # float noise, not an improving cycle
                 break
-            moves += [(who[a, b], a, b) for a, b in edges if a < L and b < L]
+            moves += [(who(a, b), a, b) for a, b in edges if a < L and b < L]
             H[cycle, :] = -np.inf
             H[:, cycle] = -np.inf
         if not moves:
