@@ -8,7 +8,7 @@ error of the estimate (always a lower bound), the estimated error the method rep
 the layer ranking matches the reference. Results go to ``benchmarks/results/sketch_accuracy_cpu.json``.
 
     python benchmarks/accuracy_sketch.py                       # 2 and 4 layers, N = 4
-    python benchmarks/accuracy_sketch.py --layers 2 --sketch 16:1 32:2 64:2
+    python benchmarks/accuracy_sketch.py --layers 2 --sketch 32:2 16:1
 """
 
 from __future__ import annotations
