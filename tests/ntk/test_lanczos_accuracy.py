@@ -98,7 +98,9 @@ def test_kato_temple_bound_holds_when_the_true_gap_is_used(rest, steps, seed):
     delta = res.value - max(rest)
     if delta > res.residual:
         bound = eigenvalue_error(torch.tensor([res.residual]), torch.tensor([delta])).item()
-        assert 1.0 - res.value <= bound * (1 + 1e-9) + 1e-13
+        # The bound is attained with equality on two-point spectra; the solver's residual is the
+        # recurrence's |beta_k s_k|, equal to the true one up to rounding: allow 1e-6 relative.
+        assert 1.0 - res.value <= bound * (1 + 1e-6) + 1e-12
 
 
 def test_a_start_without_the_top_eigenvector_converges_to_the_second_eigenvalue():
