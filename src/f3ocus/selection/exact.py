@@ -50,7 +50,7 @@ _TOL = 1e-9
 
 #: Count budgets only, exact budgets and $\tau = tK/L$ up to this: cycle canceling
 #: (:mod:`f3ocus.selection.cycles`) instead of the LP. Both are exact; the cycles win while the count
-#: window is wide (K=1000, L=64: 0.18 s against 0.88 s at tau=0.2, 0.35 s against 0.60 s at tau=1,
+#: window is wide (K=1000, L=64: 0.19 s against 0.97 s at tau=0.2, 0.30 s against 0.61 s at tau=1,
 #: benchmarks/results/select_exact_cpu.json) and the windowed LP has few sink arcs when it is narrow.
 CYCLES_UP_TO = 2.0
 
