@@ -235,3 +235,60 @@ def test_unit_variable_program_and_fixed_total_bounds_against_brute_force(sel, t
     assert sel.is_feasible(plan)
     assert float(sel.scalarized(plan, t)) == pytest.approx(values.max(), abs=1e-7)
     assert -res.fun == pytest.approx(values.max(), abs=1e-7)  # the objective is minus the value
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(sel=constrained(), seed=st.integers(0, 2**16), t=st.sampled_from([0.0, 0.3, 2.0]))
+def test_capacity_moves_find_the_best_gain_of_the_all_pairs_scan(sel, seed, t):
+    from f3ocus.selection.solvers._moves import _best_single_moves_capacity, _best_single_moves_costs
+
+    assume(sel.costs is not None and sel.max_changes is None)  # the all-pairs scan serves max_changes
+    masks = random_plan(sel, np.random.default_rng(seed), n=6)
+    counts = masks.sum(axis=1)
+    fast, _, _, _ = _best_single_moves_capacity(sel, t, masks, counts)
+    slow, _, _, _ = _best_single_moves_costs(sel, t, masks, counts)
+    np.testing.assert_allclose(np.maximum(fast, -1e300), np.maximum(slow, -1e300), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 9)),
+    seed=st.integers(0, 2**16),
+    levels=st.sampled_from([0, 3, 1000]),
+)
+def test_descending_order_is_the_stable_descending_argsort(shape, seed, levels):
+    from f3ocus.selection.plans import descending_order, gather
+
+    rng = np.random.default_rng(seed)
+    keys = rng.random(shape) if levels == 0 else rng.integers(levels, size=shape).astype(float)
+    keys[rng.random(shape) < 0.2] = np.inf
+    keys[rng.random(shape) < 0.2] = -np.inf
+    stable = np.argsort(-keys, axis=-1, kind="stable")
+    np.testing.assert_array_equal(descending_order(keys), stable)
+    relaxed = descending_order(keys, ties_matter_at_inf=False)
+    np.testing.assert_array_equal(gather(keys, relaxed), gather(keys, stable))  # same sorted keys
+    finite = np.isfinite(gather(keys, stable))
+    np.testing.assert_array_equal(np.where(finite, relaxed, -1), np.where(finite, stable, -1))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(sel=constrained(), seed=st.integers(0, 2**16), ties=st.booleans())
+def test_first_fit_matches_a_cell_by_cell_greedy(sel, seed, ties):
+    from f3ocus.selection.plans import _first_fit
+
+    assume(sel.costs is not None)
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(3, size=(4, sel.K, sel.L)).astype(float) if ties else rng.random((4, sel.K, sel.L))
+    keys = np.where(sel.required_mask, np.inf, np.where(sel.allowed_mask, keys, -np.inf))
+    take = rng.random(keys.shape) < 0.7
+    got = _first_fit(keys, sel, take)
+    want = np.zeros(keys.shape, dtype=bool)
+    for p in range(4):
+        for k in range(sel.K):
+            load = 0.0
+            for j in np.argsort(-keys[p, k], kind="stable"):
+                fits = load + sel.costs[j] <= sel.capacities[k] * (1 + 1e-12) + 1e-9
+                if keys[p, k, j] > -np.inf and take[p, k, j] and fits:
+                    want[p, k, j] = True
+                    load += sel.costs[j]
+    np.testing.assert_array_equal(got, want)

@@ -30,7 +30,7 @@ import numpy as np
 
 from f3ocus.selection.problem import SelectionProblem
 
-__all__ = ["anchor_plan", "fill", "random_plan", "repair", "top_b", "topk_plan"]
+__all__ = ["anchor_plan", "descending_order", "fill", "random_plan", "repair", "top_b", "topk_plan"]
 
 
 def top_b(keys: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -43,11 +43,37 @@ def top_b(keys: np.ndarray, b: np.ndarray) -> np.ndarray:
     Returns:
         bool array shaped like ``keys``.
     """
-    order = np.argsort(-keys, axis=-1, kind="stable")
+    order = descending_order(keys)
     ranks = np.empty_like(order)
     L = keys.shape[-1]  # noqa: N806
     np.put_along_axis(ranks, order, np.broadcast_to(np.arange(L), keys.shape), axis=-1)
     return ranks < np.asarray(b)[..., None]
+
+
+def descending_order(keys: np.ndarray, ties_matter_at_inf: bool = True) -> np.ndarray:
+    """``np.argsort(-keys, axis=-1, kind="stable")``, sped up by an unstable sort when no row has ties.
+
+    The unstable sort is about 3x faster on random keys; its order is the stable one wherever the keys
+    of a row are distinct, which one comparison of neighbours checks. With ``ties_matter_at_inf=False``
+    ties among infinite keys are allowed too (callers for which the order within the required cells,
+    ``+inf``, and within the forbidden ones, ``-inf``, makes no difference).
+    """
+    order = np.argsort(-keys, axis=-1)
+    if keys.shape[-1] < 2:
+        return order
+    ranked = gather(keys, order)
+    tie = ranked[..., 1:] == ranked[..., :-1]
+    if not ties_matter_at_inf:
+        tie &= np.isfinite(ranked[..., 1:])
+    return np.argsort(-keys, axis=-1, kind="stable") if tie.any() else order
+
+
+def gather(values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``np.take_along_axis(values, order, axis=-1)`` for ``order`` shaped like ``values``, through one
+    flat ``np.take`` (several times faster than the fancy indexing of ``take_along_axis``)."""
+    L = values.shape[-1]  # noqa: N806
+    offsets = np.arange(0, order.size, L, dtype=np.intp).reshape(order.shape[:-1] + (1,))
+    return np.take(np.ascontiguousarray(values).reshape(-1), order + offsets)
 
 
 def anchor_plan(sel: SelectionProblem) -> np.ndarray:
@@ -157,21 +183,25 @@ def _limit_changes(masks: np.ndarray, keys: np.ndarray, sel: SelectionProblem) -
 
 
 def _first_fit(keys: np.ndarray, sel: SelectionProblem, take: np.ndarray | None) -> np.ndarray:
+    # Required cells (+inf) all fit (the problem checks it) and forbidden ones (-inf) are never taken, so
+    # the order within either makes no difference. The scan runs over the rank axis, laid out first.
     P, K, L = keys.shape  # noqa: N806
-    order = np.argsort(-keys, axis=-1, kind="stable")
-    masks = np.zeros(keys.shape, dtype=bool)
-    load = np.zeros((P, K))
+    order = descending_order(keys, ties_matter_at_inf=False)
+    flat = order + np.arange(0, order.size, L, dtype=np.intp).reshape(P, K, 1)
+    flat = np.ascontiguousarray(np.moveaxis(flat, -1, 0))  # (L, P, K): flat index of the rank-j cell
+    ok_all = np.take(keys.reshape(-1), flat) > -np.inf
+    if take is not None:
+        ok_all &= np.take(np.broadcast_to(take, keys.shape).reshape(-1), flat)
+    cost = np.take(sel.costs, np.moveaxis(order, -1, 0))
     cap = sel.capacities * (1 + 1e-12) + 1e-9
-    pp, kk = np.meshgrid(np.arange(P), np.arange(K), indexing="ij")
+    load = np.zeros((P, K))
     for j in range(L):
-        idx = order[..., j]
-        ok = keys[pp, kk, idx] > -np.inf
-        if take is not None:
-            ok &= take[pp, kk, idx]
-        ok &= load + sel.costs[idx] <= cap
-        masks[pp[ok], kk[ok], idx[ok]] = True
-        load += np.where(ok, sel.costs[idx], 0.0)
-    return masks
+        ok = ok_all[j]
+        ok &= load + cost[j] <= cap
+        np.add(load, cost[j], out=load, where=ok)
+    masks = np.zeros(keys.size, dtype=bool)
+    masks[flat.reshape(-1)] = ok_all.reshape(-1)
+    return masks.reshape(keys.shape)
 
 
 def _cover(mask: np.ndarray, sel: SelectionProblem, rng: np.random.Generator) -> np.ndarray:

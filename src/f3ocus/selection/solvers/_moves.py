@@ -165,8 +165,10 @@ def apply_moves(masks: np.ndarray, counts: np.ndarray, k: np.ndarray, a: np.ndar
 
 def _best_single_moves(sel: SelectionProblem, t: float, masks: np.ndarray, counts: np.ndarray):
     """Best move of every plan: (gain, client, source slot, target slot), each ``(P,)``."""
-    if sel.costs is not None or sel.max_changes is not None:
+    if sel.max_changes is not None:
         return _best_single_moves_costs(sel, t, masks, counts)
+    if sel.costs is not None:
+        return _best_single_moves_capacity(sel, t, masks, counts)
     P, K, L = masks.shape  # noqa: N806
     n = counts.astype(np.float64)[:, None, :]
     N = n.sum(axis=2)  # noqa: N806  (P, 1)
@@ -194,6 +196,56 @@ def _best_single_moves(sel: SelectionProblem, t: float, masks: np.ndarray, count
     kk = g.argmax(axis=1)
     rows = np.arange(P)
     return g[rows, kk], kk, src[rows, kk], dst[rows, kk]
+
+
+def _best_single_moves_capacity(sel: SelectionProblem, t: float, masks: np.ndarray, counts: np.ndarray):
+    r""":func:`_best_single_moves` with capacities (and no ``max_changes``), in $O(KL \log L)$ per plan.
+
+    The layers' costs are shared by the clients, so one sort of the layers by cost serves every row: the
+    best target $c$ of a swap out of $a$ is the largest $\text{in}_c$ over the free layers with
+    $c_c \le \text{slack}_k + c_a$, a prefix maximum in cost order looked up by binary search; an add is
+    the same lookup at the slack alone and a drop needs no room. It returns the moves of
+    :func:`_best_single_moves_costs` (the same gains; ties may go to another move).
+    """
+    P, K, L = masks.shape  # noqa: N806
+    n = counts.astype(np.float64)[:, None, :]
+    N = n.sum(axis=2)  # noqa: N806  (P, 1)
+    w = sel.linear[None]
+    costs = sel.costs
+    by_cost = np.argsort(costs, kind="stable")
+    sorted_costs = costs[by_cost]
+    inn = np.where(~masks & sel.allowed_mask[None], add_gains(sel, t, w, n), -np.inf)  # (P, K, L)
+    fixed = sel.required_mask[None] | (counts[:, None, :] <= sel.coverage)
+    out = np.where(masks & ~fixed, remove_losses(sel, t, w, n), np.inf)
+    prefix = np.maximum.accumulate(inn[..., by_cost], axis=2)  # best in_c over the cheapest j+1 layers
+    prefix = np.concatenate([np.full((P, K, 1), -np.inf), prefix], axis=2)
+    cap = sel.capacities[None] * (1 + 1e-12) + 1e-9
+    slack = cap - masks.astype(np.float64) @ costs  # (P, K)
+    reach = np.searchsorted(sorted_costs, (slack[..., None] + costs).reshape(-1), side="right").reshape(P, K, L)
+    swap = np.take_along_axis(prefix, reach, axis=2) - out  # (P, K, a)
+    a = swap.argmax(axis=2)
+    best_swap = np.take_along_axis(swap, a[..., None], 2)[..., 0]
+    room = masks.sum(axis=2) < sel.budgets[None]
+    add_reach = np.searchsorted(sorted_costs, slack.reshape(-1), side="right").reshape(P, K)
+    add = np.where(room, np.take_along_axis(prefix, add_reach[..., None], 2)[..., 0], -np.inf)
+    add = add + total_term(sel, t, N, 1.0)
+    drop_a = out.argmin(axis=2)
+    drop = -np.take_along_axis(out, drop_a[..., None], 2)[..., 0] + total_term(sel, t, N, -1.0)
+    if sel.exact_budget:
+        add, drop = np.full_like(add, -np.inf), np.full_like(drop, -np.inf)
+    gain = np.stack([best_swap, add, drop])  # (3, P, K)
+    gain = np.where(np.isnan(gain), -np.inf, gain)
+    which = gain.reshape(3, P * K).argmax(axis=0).reshape(P, K)
+    g = np.take_along_axis(gain, which[None], 0)[0]
+    kk = g.argmax(axis=1)
+    rows = np.arange(P)
+    kind, g = which[rows, kk], g[rows, kk]
+    src = np.where(kind == 0, a[rows, kk], np.where(kind == 1, L, drop_a[rows, kk]))
+    # the target: the best free layer within the row's room for the chosen source
+    limit = slack[rows, kk] + np.where(src < L, costs[np.minimum(src, L - 1)], 0.0)
+    row_inn = np.where(costs[None, :] <= limit[:, None], inn[rows, kk], -np.inf)
+    dst = np.where(kind == 2, L, row_inn.argmax(axis=1))
+    return g, kk, src, dst
 
 
 def _best_single_moves_costs(sel: SelectionProblem, t: float, masks: np.ndarray, counts: np.ndarray):
