@@ -292,3 +292,62 @@ def test_first_fit_matches_a_cell_by_cell_greedy(sel, seed, ties):
                     want[p, k, j] = True
                     load += sel.costs[j]
     np.testing.assert_array_equal(got, want)
+
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(sel=constrained(max_k=4, max_l=5), seed=st.integers(0, 2**16), t=st.sampled_from([0.0, 0.3, 2.0]))
+def test_batched_single_move_ascent_gains_add_up_and_ends_at_a_local_optimum(sel, seed, t):
+    from f3ocus.selection.solvers._moves import _ascend_batched, _client_best_moves, polish
+
+    assume(sel.costs is None and sel.max_changes is None)
+    masks = random_plan(sel, np.random.default_rng(seed), n=4)
+    before = sel.scalarized(masks, t)
+    g, _, _ = _client_best_moves(sel, t, masks, masks.sum(axis=1))
+    step, counts = masks.copy(), masks.sum(axis=1, dtype=np.int64)
+    _ascend_batched(sel, t, step, counts, cap=1 << 30, max_steps=1)
+    np.testing.assert_array_equal(counts, step.sum(axis=1))
+    assert np.all(sel.is_feasible(step))
+    for p in range(4):  # one step: every changed row took its best move, and the gains add up exactly
+        moved = (step[p] != masks[p]).any(axis=1)
+        assert np.all(g[p, moved] > 0)
+        delta = float(sel.scalarized(step[p], t) - before[p])
+        assert delta == pytest.approx(float(g[p, moved].sum()), abs=1e-9)
+        assert moved.any() == (g[p].max() > 1e-12)
+    climbed, _ = polish(sel, t, masks, exchanges=False)
+    assert np.all(sel.is_feasible(climbed))
+    assert np.all(sel.scalarized(climbed, t) >= before - 1e-12)
+    g, _, _ = _client_best_moves(sel, t, climbed, climbed.sum(axis=1))
+    assert np.all(g <= 1e-9)  # no single move improves
+
+
+def test_batched_ascent_takes_many_swaps_per_step_on_many_clients():
+    from f3ocus.selection.solvers._moves import _ascend_batched
+
+    sel = constrained_problem(60, 12, 7, set())
+    masks = random_plan(sel, np.random.default_rng(1), n=2)
+    step, counts = masks.copy(), masks.sum(axis=1, dtype=np.int64)
+    moves = _ascend_batched(sel, 0.2, step, counts, cap=1 << 30, max_steps=1)
+    assert moves > 2  # more than one move per plan in a single step
+    assert np.all(sel.scalarized(step, 0.2) > sel.scalarized(masks, 0.2))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 9)),
+    seed=st.integers(0, 2**16),
+    levels=st.sampled_from([0, 2, 5]),
+)
+def test_top_b_is_the_mask_of_the_stable_ranks(shape, seed, levels):
+    from f3ocus.selection.plans import top_b
+
+    rng = np.random.default_rng(seed)
+    keys = rng.random(shape) if levels == 0 else rng.integers(levels, size=shape).astype(float)
+    keys[rng.random(shape) < 0.15] = np.inf
+    keys[rng.random(shape) < 0.15] = -np.inf
+    b = rng.integers(0, shape[-1] + 2, size=shape[:-1])  # b > L takes the whole row
+    order = np.argsort(-keys, axis=-1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(shape[-1]), shape), axis=-1)
+    np.testing.assert_array_equal(top_b(keys, b), ranks < b[..., None])
+    np.testing.assert_array_equal(top_b(keys, b[-1]), ranks < b[-1][..., None])  # a (K,) budget broadcasts

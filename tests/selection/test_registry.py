@@ -176,8 +176,26 @@ def test_undeclared_smart_start_is_an_unknown_option_and_builtins_declare_theirs
             f3ocus.select_layers(heavy_tailed(4, 5, 0)[0], 2, solver="plain_probe", tradeoff=0.3, smart_start=True)
     finally:
         unregister_solver("plain_probe")
-    for name in ("nsga2", "ga", "pso", "de"):
+    for name in ("nsga2", "ga", "pso", "de", "sa", "abc"):
         spec = get_solver(name)
         assert spec.smart_start and spec.polish and "smart_start" in spec.option_names
-    for name in ("sa", "abc"):
+    for name in ("aco",):
         assert get_solver(name).polish and not get_solver(name).smart_start
+
+
+@pytest.mark.parametrize(("solver", "short"), [("sa", {"n_iter": 2}), ("abc", {"n_cycles": 1})])
+def test_sa_and_abc_start_from_the_smart_starts(solver, short):
+    from f3ocus.selection.heuristics import smart_starts
+    from f3ocus.selection.inputs import normalize_scores
+    from f3ocus.selection.problem import SelectionProblem
+
+    raw, budgets = heavy_tailed(30, 12, 3)
+    sel = SelectionProblem(normalize_scores(raw, "sum"), budgets)
+    t = 0.4
+    best_start = float(np.max(sel.scalarized(smart_starts(sel, t), t)))
+    on = f3ocus.select_layers(raw, budgets, solver=solver, tradeoff=t, seed=0, polish=False, **short)
+    off = f3ocus.select_layers(raw, budgets, solver=solver, tradeoff=t, seed=0, polish=False, smart_start=False,
+                               **short)
+    assert on.stats["smart_start"] is True and off.stats["smart_start"] is False
+    assert float(sel.scalarized(on.mask, t)) >= best_start - 1e-12  # the best plan seen includes the starts
+    assert float(sel.scalarized(off.mask, t)) < best_start  # a random start is far off after one step

@@ -12,7 +12,7 @@ pymoo iterations (employed, onlooker) and the scouts are evaluated inside the on
    $1 + |F_i|$ otherwise, and each makes a neighbor of its source. All onlookers of a source start from
    the same plan and the best of their neighbors competes with it (the synchronous form of the phase).
 3. **Scout bee.** The source with the most trials, once above ``limit``, is abandoned and replaced
-   by a random feasible plan.
+   by a uniformly random feasible plan.
 
 Karaboga's continuous neighbor $v_{ij} = x_{ij} + \phi_{ij}(x_{ij} - x_{kj})$ changes one coordinate
 of $x_i$ relative to a random partner $x_k$. On the budgeted plan the coordinate is a client row and
@@ -25,6 +25,11 @@ every neighbor keeps the budgets; a neighbor is one of (probabilities ``move_pro
   :mod:`~f3ocus.selection.solvers._moves` (possibly "stay");
 - **exchange**: the best exchange of layers between two random clients (it keeps the layer counts
   and so reaches plans that single moves cannot improve).
+
+Smart start (declared at registration, ``smart_start=False`` turns it off; reported in
+``stats["smart_start"]``): the client-only and greedy plans
+(:func:`~f3ocus.selection.heuristics.smart_starts`) take the first places of the initial population, the
+rest are uniformly random feasible plans.
 
 Final local improvement (``polish=True``, declared at registration; ``polish=False`` turns it off): the
 reported plan climbs by steepest ascent over single moves, two-client exchanges and, with costs, knapsack
@@ -63,7 +68,10 @@ class ArtificialBeeColony(Algorithm):
         move_probs: probabilities of the partner move, the best move and the exchange.
         n_moves: moves per neighbor (each drawn as above, applied in turn); ``None`` means
             ``max(1, round(K / 50))``, so large colonies of clients still improve in parallel.
-        sampling: initial plans (default: uniformly random feasible plans).
+        sampling: initial plans (default: uniformly random feasible plans, after ``starts``).
+        starts: ``(S, K, L)`` start plans from the declared starting step (``select_layers`` passes the
+            client-only and greedy plans of :func:`~f3ocus.selection.heuristics.smart_starts` unless
+            ``smart_start=False``); they take the first ``S`` places of the initial population.
         **kwargs: passed to ``pymoo.core.algorithm.Algorithm`` (``termination``, ``seed``, ...).
 
     Attributes:
@@ -78,6 +86,7 @@ class ArtificialBeeColony(Algorithm):
         move_probs: tuple[float, float, float] = (0.4, 0.4, 0.2),
         n_moves: int | None = None,
         sampling=None,
+        starts: np.ndarray | None = None,
         output=None,
         **kwargs,
     ) -> None:
@@ -93,7 +102,7 @@ class ArtificialBeeColony(Algorithm):
             )
         self.move_probs = probs
         self.n_moves = None if n_moves is None else check_int("n_moves", n_moves, low=1)
-        self.sampling = BudgetSampling() if sampling is None else sampling
+        self.sampling = BudgetSampling(starts) if sampling is None else sampling
         self.n_scouts = 0
 
     def _setup(self, problem, **kwargs) -> None:
@@ -162,7 +171,7 @@ class ArtificialBeeColony(Algorithm):
         i = int(np.argmax(self.trials))
         if self.trials[i] <= self._limit:
             return
-        scout = self.sampling.do(self.problem, 1, random_state=self.random_state)
+        scout = BudgetSampling().do(self.problem, 1, random_state=self.random_state)  # uniformly random
         self.evaluator.eval(self.problem, scout, algorithm=self)
         pop = list(self.pop)
         pop[i] = scout[0]
@@ -205,7 +214,7 @@ class ArtificialBeeColony(Algorithm):
         return out
 
 
-@register_solver("abc", polish=True, options=ArtificialBeeColony, family="single-objective", reference="Karaboga, TR06 2005")
+@register_solver("abc", polish=True, smart_start=True, options=ArtificialBeeColony, family="single-objective", reference="Karaboga, TR06 2005")
 def abc(problem, **options) -> ArtificialBeeColony:
     """Factory for :class:`ArtificialBeeColony` (``select_layers(..., solver="abc", **options)``)."""
     return ArtificialBeeColony(**options)

@@ -2,7 +2,7 @@
 
 Storn & Price, "Differential evolution - a simple and efficient heuristic for global optimization over
 continuous spaces", J. Global Optimization 1997, through ``pymoo.algorithms.soo.nonconvex.de.DE``
-(DE/best/1/bin with a low crossover rate by default: each trial changes few keys). Like :mod:`.pso`
+(as :class:`KeysDE`, the same algorithm with a faster duplicate test; DE/best/1/bin with a low crossover rate by default: each trial changes few keys). Like :mod:`.pso`
 it searches random keys $x \\in [0, 1]^{KL}$ decoded by :func:`~f3ocus.selection.problem.decode_keys`,
 maximizes importance - tradeoff * diversity (the knee
 tradeoff when ``tradeoff=None``), and seeds the client-only and greedy plans into its initial
@@ -18,12 +18,22 @@ from __future__ import annotations
 
 import numpy as np
 from pymoo.algorithms.soo.nonconvex.de import DE
+from pymoo.algorithms.soo.nonconvex.ga import FitnessSurvival
 
 from f3ocus.selection.problem import SelectionPymooProblem
 from f3ocus.selection.solvers import register_solver
-from f3ocus.selection.solvers.pso import initial_keys
+from f3ocus.selection.solvers.pso import ExactImprovementReplacement, initial_keys
 
-__all__ = ["de"]
+__all__ = ["KeysDE", "de"]
+
+
+class KeysDE(DE):
+    """pymoo's ``DE`` with :class:`~f3ocus.selection.solvers.pso.ExactImprovementReplacement` (same result)."""
+
+    def _advance(self, infills=None, **kwargs):
+        index = infills.get("index")  # the parent each trial vector comes from
+        self.pop[index] = ExactImprovementReplacement().do(self.problem, self.pop[index], infills)
+        FitnessSurvival().do(self.problem, self.pop, return_indices=True)
 
 
 @register_solver("de", polish=True, smart_start=True, encoding="keys", paper="Storn & Price 1997")
@@ -49,7 +59,7 @@ def de(
         starts: start plans from the declared starting step, seeded into the initial population (``None``:
             uniformly random).
     """
-    algorithm = DE(
+    algorithm = KeysDE(
         pop_size=pop_size, variant=variant, CR=CR, F=F, sampling=initial_keys(problem, pop_size, starts)
     )
     algorithm.termination = ("n_gen", n_gen)  # pymoo's constructor overwrites a termination argument

@@ -1,7 +1,8 @@
 """Particle swarm optimization over random keys ("pso").
 
 Kennedy & Eberhart, "Particle swarm optimization", ICNN 1995, through
-``pymoo.algorithms.soo.nonconvex.pso.PSO`` (fixed inertia and acceleration, zero initial velocity). PSO is continuous: a
+``pymoo.algorithms.soo.nonconvex.pso.PSO`` (as :class:`KeysPSO`, the same algorithm with a faster
+duplicate test; fixed inertia and acceleration, zero initial velocity). PSO is continuous: a
 particle is a vector of random keys $x \\in [0, 1]^{KL}$ and is decoded to a plan by
 :func:`~f3ocus.selection.problem.decode_keys` (each client trains the layers with its $b_k$ largest
 keys; Bean, ORSA J. Computing 1994). It maximizes importance - tradeoff * diversity (the knee tradeoff
@@ -21,11 +22,57 @@ from __future__ import annotations
 
 import numpy as np
 from pymoo.algorithms.soo.nonconvex.pso import PSO
+from pymoo.core.replacement import ImprovementReplacement
 
 from f3ocus.selection.problem import SelectionPymooProblem
 from f3ocus.selection.solvers import register_solver
 
-__all__ = ["initial_keys", "pso"]
+__all__ = ["ExactImprovementReplacement", "KeysPSO", "initial_keys", "pso"]
+
+
+def exact_duplicates(off: np.ndarray, pop: np.ndarray) -> np.ndarray:
+    """``(len(off),)`` bool: row ``i`` of ``off`` equals an earlier row of ``off`` or a row of ``pop``.
+
+    pymoo's ``DefaultDuplicateElimination(epsilon=0.0)`` (distance 0 is equality), by hashing the rows
+    (``+ 0.0`` makes ``-0.0`` and ``0.0`` one key, as equal vectors are) instead of an all-pairs distance
+    matrix: $O(PKL)$ instead of $O(P^2 KL)$, a third of PSO's time at $K = 200$, $L = 48$.
+    """
+    seen = {row.tobytes() for row in np.ascontiguousarray(pop, dtype=np.float64) + 0.0}
+    dup = np.zeros(len(off), dtype=bool)
+    for i, row in enumerate(np.ascontiguousarray(off, dtype=np.float64) + 0.0):
+        key = row.tobytes()
+        dup[i] = key in seen
+        seen.add(key)
+    return dup
+
+
+class ExactImprovementReplacement(ImprovementReplacement):
+    """pymoo's ``ImprovementReplacement`` (an offspring replaces its parent if better, never a duplicate)
+    with the duplicate test of :func:`exact_duplicates`: the same replacements, faster."""
+
+    def _do(self, problem, pop, off, **kwargs):
+        ret = np.full((len(pop), 1), False)
+        pop_F, pop_CV, pop_feas = pop.get("F", "CV", "FEAS")  # noqa: N806
+        off_F, off_CV, off_feas = off.get("F", "CV", "FEAS")  # noqa: N806
+        if problem.has_constraints() > 0:
+            ret[(~pop_feas & ~off_feas) & (off_CV < pop_CV)] = True
+            ret[~pop_feas & off_feas] = True
+            ret[(pop_feas & off_feas) & (off_F < pop_F)] = True
+        else:
+            ret[off_F < pop_F] = True
+        ret[exact_duplicates(off.get("X"), pop.get("X"))] = False
+        return ret[:, 0]
+
+
+class KeysPSO(PSO):
+    """pymoo's ``PSO`` with :class:`ExactImprovementReplacement` for the personal bests (same result)."""
+
+    def _advance(self, infills=None, **kwargs):
+        self.particles = infills
+        has_improved = ExactImprovementReplacement().do(self.problem, self.pop, infills, return_indices=True)
+        self.pop[has_improved] = infills[has_improved]
+        if self.adaptive:
+            self._adapt()
 
 
 def initial_keys(problem: SelectionPymooProblem, pop_size: int, starts: np.ndarray | None) -> np.ndarray:
@@ -55,7 +102,7 @@ def pso(
     problem: SelectionPymooProblem,
     *,
     pop_size: int = 40,
-    n_gen: int = 300,
+    n_gen: int = 200,
     w: float = 0.5,
     c1: float = 2.0,
     c2: float = 2.0,
@@ -66,14 +113,15 @@ def pso(
     Args:
         problem: the single-objective selection problem with the ``"keys"`` encoding.
         pop_size: swarm size.
-        n_gen: iterations (the termination).
+        n_gen: iterations (the termination). On the benchmark instances the swarm's best plan after 200
+            iterations is the one after 300 (K = 10-50), so 200 is the default.
         w: inertia weight.
         c1: cognitive (own best) acceleration.
         c2: social (swarm best) acceleration.
         starts: start plans from the declared starting step (``None``: a uniform swarm); the swarm starts
             around them (:func:`initial_keys`).
     """
-    algorithm = PSO(
+    algorithm = KeysPSO(
         pop_size=pop_size,
         sampling=initial_keys(problem, pop_size, starts),
         w=w,

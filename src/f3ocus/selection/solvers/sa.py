@@ -3,7 +3,7 @@ r"""Simulated annealing on budget-keeping moves, written as a pymoo ``Algorithm`
 pymoo has no simulated annealing; this module is also the template for writing your own metaheuristic
 (see the "Your own solver" docs page). The three methods pymoo calls are:
 
-1. ``_initialize_infill``: the first population (here: one random feasible plan per chain);
+1. ``_initialize_infill``: the first population (here: the smart starts, then one random feasible plan per remaining chain);
 2. ``_infill``: new candidates (here: one neighbor per chain);
 3. ``_advance``: after pymoo evaluated the candidates, update the state (here: accept or reject).
 
@@ -36,6 +36,11 @@ By default $T_0$ is the standard deviation of the gains of uniform random moves 
 chains (the spread of the objective changes the search meets at the start) and $T_1 = 10^{-3} T_0$.
 If the termination allows more than $n$ iterations the schedule restarts at $T_0$ (re-annealing from
 the chains' current plans). The reported plan is the best one any chain visited.
+
+Smart start (declared at registration, ``smart_start=False`` turns it off; reported in
+``stats["smart_start"]``): the client-only and greedy plans
+(:func:`~f3ocus.selection.heuristics.smart_starts`) take the first places of the initial population, the
+rest are uniformly random feasible plans.
 
 Final local improvement (``polish=True``, declared at registration; ``polish=False`` turns it off): the
 reported plan climbs by steepest ascent over single moves, two-client exchanges and, with costs, knapsack
@@ -72,7 +77,10 @@ class SimulatedAnnealing(Algorithm):
         proposal: ``"gibbs"`` (heat-bath target, every move accepted) or ``"uniform"`` (Metropolis).
         t_start: initial temperature $T_0$; ``None`` calibrates it to the instance (see the module).
         t_end: final temperature $T_1$; ``None`` means ``1e-3 * t_start``.
-        sampling: initial plans (default: uniformly random feasible plans).
+        sampling: initial plans (default: uniformly random feasible plans, after ``starts``).
+        starts: ``(S, K, L)`` start plans from the declared starting step (``select_layers`` passes the
+            client-only and greedy plans of :func:`~f3ocus.selection.heuristics.smart_starts` unless
+            ``smart_start=False``); they take the first ``S`` places of the initial population.
         **kwargs: passed to ``pymoo.core.algorithm.Algorithm`` (``termination``, ``seed``, ...).
 
     Attributes:
@@ -88,6 +96,7 @@ class SimulatedAnnealing(Algorithm):
         t_start: float | None = None,
         t_end: float | None = None,
         sampling=None,
+        starts: np.ndarray | None = None,
         output=None,
         **kwargs,
     ) -> None:
@@ -98,7 +107,7 @@ class SimulatedAnnealing(Algorithm):
         self.proposal = check_choice("proposal", proposal, ("gibbs", "uniform"))
         self.t_start = None if t_start is None else check_positive_float("t_start", t_start)
         self.t_end = None if t_end is None else check_positive_float("t_end", t_end)
-        self.sampling = BudgetSampling() if sampling is None else sampling
+        self.sampling = BudgetSampling(starts) if sampling is None else sampling
         self.temperature = float("nan")
         self.n_accepted = 0
 
@@ -171,7 +180,7 @@ class SimulatedAnnealing(Algorithm):
         return spread if spread > 0 else 1.0
 
 
-@register_solver("sa", polish=True, options=SimulatedAnnealing, family="single-objective", reference="Kirkpatrick et al., Science 1983")
+@register_solver("sa", polish=True, smart_start=True, options=SimulatedAnnealing, family="single-objective", reference="Kirkpatrick et al., Science 1983")
 def sa(problem, **options) -> SimulatedAnnealing:
     """Factory for :class:`SimulatedAnnealing` (``select_layers(..., solver="sa", **options)``)."""
     return SimulatedAnnealing(**options)
