@@ -17,9 +17,10 @@ far (the marginal gain of adding the layer at the current counts). Diversity ent
 objective in any case.
 
 With ``local_search=True`` every ant's plan (with costs: the iteration's best ant) then climbs to a
-local optimum of the single moves
-(steepest ascent with the closed-form gains of :mod:`~f3ocus.selection.solvers._moves`), the usual
-pairing of ACO with local search (Dorigo & Stützle 2004, ch. 3.7). pymoo evaluates the ants.
+local optimum of the single moves (steepest ascent with the closed-form gains of
+:mod:`~f3ocus.selection.solvers._moves`; with count budgets each step also applies the other clients'
+improving swaps on untouched layers, whose gains add up exactly), the usual pairing of ACO with local
+search (Dorigo & Stützle 2004, ch. 3.7). pymoo evaluates the ants.
 
 Final local improvement (``polish=True``, declared at registration; ``polish=False`` turns it off): the
 plan the solver would report climbs by single moves and two-client exchanges (the per-ant search above
