@@ -250,19 +250,24 @@ def test_capacity_moves_find_the_best_gain_of_the_all_pairs_scan(sel, seed, t):
     np.testing.assert_allclose(np.maximum(fast, -1e300), np.maximum(slow, -1e300), rtol=1e-12, atol=1e-12)
 
 
+KEY_SHAPES = st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 9))
+
+
+def keys_with_ties(shape, seed: int, levels: int, p_inf: float = 0.2) -> np.ndarray:
+    """Random keys (``levels=0``) or integer keys with ties, a share ``p_inf`` each of +inf and -inf."""
+    rng = np.random.default_rng(seed)
+    keys = rng.random(shape) if levels == 0 else rng.integers(levels, size=shape).astype(float)
+    keys[rng.random(shape) < p_inf] = np.inf
+    keys[rng.random(shape) < p_inf] = -np.inf
+    return keys
+
+
 @settings(max_examples=100, deadline=None)
-@given(
-    shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 9)),
-    seed=st.integers(0, 2**16),
-    levels=st.sampled_from([0, 3, 1000]),
-)
+@given(shape=KEY_SHAPES, seed=st.integers(0, 2**16), levels=st.sampled_from([0, 3, 1000]))
 def test_descending_order_is_the_stable_descending_argsort(shape, seed, levels):
     from f3ocus.selection.plans import descending_order, gather
 
-    rng = np.random.default_rng(seed)
-    keys = rng.random(shape) if levels == 0 else rng.integers(levels, size=shape).astype(float)
-    keys[rng.random(shape) < 0.2] = np.inf
-    keys[rng.random(shape) < 0.2] = -np.inf
+    keys = keys_with_ties(shape, seed, levels)
     stable = np.argsort(-keys, axis=-1, kind="stable")
     np.testing.assert_array_equal(descending_order(keys), stable)
     relaxed = descending_order(keys, ties_matter_at_inf=False)
@@ -333,19 +338,12 @@ def test_batched_ascent_takes_many_swaps_per_step_on_many_clients():
 
 
 @settings(max_examples=100, deadline=None)
-@given(
-    shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 9)),
-    seed=st.integers(0, 2**16),
-    levels=st.sampled_from([0, 2, 5]),
-)
+@given(shape=KEY_SHAPES, seed=st.integers(0, 2**16), levels=st.sampled_from([0, 2, 5]))
 def test_top_b_is_the_mask_of_the_stable_ranks(shape, seed, levels):
     from f3ocus.selection.plans import top_b
 
-    rng = np.random.default_rng(seed)
-    keys = rng.random(shape) if levels == 0 else rng.integers(levels, size=shape).astype(float)
-    keys[rng.random(shape) < 0.15] = np.inf
-    keys[rng.random(shape) < 0.15] = -np.inf
-    b = rng.integers(0, shape[-1] + 2, size=shape[:-1])  # b > L takes the whole row
+    keys = keys_with_ties(shape, seed, levels, p_inf=0.15)
+    b = np.random.default_rng(seed + 1).integers(0, shape[-1] + 2, size=shape[:-1])  # b > L: the whole row
     order = np.argsort(-keys, axis=-1, kind="stable")
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.broadcast_to(np.arange(shape[-1]), shape), axis=-1)
