@@ -199,3 +199,22 @@ def test_sa_and_abc_start_from_the_smart_starts(solver, short):
     assert on.stats["smart_start"] is True and off.stats["smart_start"] is False
     assert float(sel.scalarized(on.mask, t)) >= best_start - 1e-12  # the best plan seen includes the starts
     assert float(sel.scalarized(off.mask, t)) < best_start  # a random start is far off after one step
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**16), n_off=st.integers(1, 8), n_pop=st.integers(1, 8))
+def test_hashed_duplicate_test_is_pymoos(seed, n_off, n_pop):
+    from pymoo.core.duplicate import DefaultDuplicateElimination
+    from pymoo.core.population import Population
+
+    from f3ocus.selection.solvers.pso import exact_duplicates
+
+    rng = np.random.default_rng(seed)
+    pop = rng.integers(3, size=(n_pop, 4)).astype(float) / 2  # few values: duplicates are common
+    off = rng.integers(3, size=(n_off, 4)).astype(float) / 2
+    off[rng.random(off.shape) < 0.1] *= -1.0  # -0.0 equals 0.0
+    _, _, want = DefaultDuplicateElimination(epsilon=0.0).do(
+        Population.new(X=off), Population.new(X=pop), return_indices=True
+    )
+    got = exact_duplicates(off, pop)
+    np.testing.assert_array_equal(np.flatnonzero(got), np.asarray(want, dtype=np.int64))
