@@ -82,7 +82,7 @@ class TaskConfig:
     local_steps: int = 5
     batch_size: int = 16
     lr: float = 3e-5
-    head_lr: float = 1e-3
+    head_lr: float = 3e-4
     max_grad_norm: float | None = 1.0
     warmup_rounds: int = 4
     warmup_steps: int = 10
