@@ -56,6 +56,11 @@ def _task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="local learning rate of the encoder layers")
     p.add_argument("--head-lr", type=float, default=d.head_lr, help="local learning rate of the fusion head")
     p.add_argument(
+        "--lr-schedule",
+        default=d.lr_schedule,
+        help="learning rates over the rounds of each phase: cosine (decay to ~0 by the last round) or constant",
+    )
+    p.add_argument(
         "--max-grad-norm",
         type=float,
         default=d.max_grad_norm,
@@ -103,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(**DEMO_TASK)
     study = sub.add_parser(
         "study",
-        help="the full study: every strategy, 10 seeds, alpha 0.5 and 0.1, tradeoff sweep (resumable)",
+        help="the full study: every strategy, 10 seeds, alpha 0.5 and 1.0, tradeoff sweep (resumable)",
         description=(
             "Strategies x seeds x heterogeneity levels on the demo task, paired by seed, in worker "
             "processes; every finished run is saved at once, so re-running the command resumes."
@@ -129,6 +134,7 @@ def _task(args: argparse.Namespace):
         "batch_size": args.batch_size,
         "lr": args.lr,
         "head_lr": args.head_lr,
+        "lr_schedule": args.lr_schedule,
         "max_grad_norm": args.max_grad_norm if args.max_grad_norm else None,
         "warmup_rounds": args.warmup_rounds,
         "warmup_steps": args.warmup_steps,

@@ -103,6 +103,7 @@ def test_missing_demo_extra_names_the_install_command(monkeypatch, capsys):
         (["--seeds", "1", "1"], r"seeds has repeated entries"),
         (["--lr", "-1"], r"lr must be a finite number > 0, got -1.0"),
         (["--head-lr", "0"], r"head_lr must be a finite number > 0, got 0.0"),
+        (["--lr-schedule", "linear"], r"lr_schedule='linear' is not a valid choice"),
         (["--max-grad-norm", "-1"], r"max_grad_norm must be a finite number > 0, got -1.0"),
         (["--device", "nodevice"], r"--device 'nodevice' is not a torch device"),
     ],
@@ -132,6 +133,14 @@ def test_max_grad_norm_zero_turns_clipping_off_and_the_head_lr_reaches_the_task(
     task = _task(args)
     assert task.max_grad_norm is None and task.head_lr == 2e-3
     assert _task(build_parser().parse_args(["study"])).max_grad_norm == 1.0
+
+
+def test_lr_schedule_reaches_the_task():
+    from f3ocus.cli import _task, build_parser
+
+    assert _task(build_parser().parse_args(["study"])).lr_schedule == "cosine"
+    args = build_parser().parse_args(["demo", "--lr-schedule", "constant"])
+    assert _task(args).lr_schedule == "constant"
 
 
 def test_no_command_prints_help(capsys):

@@ -122,11 +122,21 @@ def test_knee_tradeoff_is_the_chord_slope():
         ({"max_grad_norm": 0.0}, ValueError, r"max_grad_norm must be a finite number > 0, got 0.0"),
         ({"image_size": 1.5}, TypeError, r"image_size must be an int"),
         ({"test_images": 0}, ValueError, r"test_images must lie in \[1, 1000\], got 0"),
+        ({"lr_schedule": "linear"}, ValueError, r"lr_schedule='linear' is not a valid choice"),
     ],
 )
 def test_config_errors(kwargs, error, message):
     with pytest.raises(error, match=message):
         TaskConfig(**kwargs)
+
+
+def test_cosine_schedule_factors():
+    cosine = TaskConfig(lr_schedule="cosine")
+    # 1/2 (1 + cos(pi r / 4)) for r = 0..3, by hand: 1, (2 + sqrt 2) / 4, 1/2, (2 - sqrt 2) / 4
+    expected = [1.0, (2 + 2**0.5) / 4, 0.5, (2 - 2**0.5) / 4]
+    assert [cosine.lr_factor(r, 4) for r in range(4)] == pytest.approx(expected, rel=1e-12)
+    assert cosine.lr_factor(0, 1) == 1.0  # a single round keeps the full step
+    assert [TaskConfig(lr_schedule="constant").lr_factor(r, 4) for r in range(4)] == [1.0] * 4
 
 
 def test_budget_above_the_layer_count_is_an_error():

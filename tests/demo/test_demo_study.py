@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -143,3 +144,36 @@ def test_report_of_the_study(study, tmp_path):
 def test_config_errors(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_learning_rates_follow_the_schedule_in_both_phases(schedule, monkeypatch):
+    import torch
+
+    import f3ocus.demo.train as train
+    from f3ocus.demo.run import load_model, run_seed
+
+    config = dataclasses.replace(TINY, rounds=3, warmup_rounds=2, lr_schedule=schedule)
+    local, warm = [], []
+    real_local_train, real_adam = train.local_train, torch.optim.Adam
+
+    def record_local(*args, lr, head_lr, **kwargs):
+        local.append((lr, head_lr))
+        return real_local_train(*args, lr=lr, head_lr=head_lr, **kwargs)
+
+    def record_adam(params, lr=1e-3, **kwargs):  # only the warm-up calls Adam with a plain lr
+        warm.append(lr)
+        return real_adam(params, lr=lr, **kwargs)
+
+    monkeypatch.setattr(train, "local_train", record_local)
+    monkeypatch.setattr(torch.optim, "Adam", record_adam)
+    run_seed(config, 0, ["full"], load_model(image_size=TINY.image_size))
+    f = [config.lr_factor(r, 3) for r in range(3)]
+    per_client = [x for x in f for _ in range(config.clients)]
+    assert [lr for lr, _ in local] == pytest.approx([config.lr * x for x in per_client])
+    assert [head for _, head in local] == pytest.approx([config.head_lr * x for x in per_client])
+    w = [config.lr_factor(r, 2) for r in range(2)]
+    expected_warm = [config.warmup_lr * x for x in w for _ in range(config.clients)]
+    assert warm[: 2 * config.clients] == pytest.approx(expected_warm)
+    if schedule == "cosine":
+        assert f[0] == 1.0 and f[1] == pytest.approx(0.75) and f[2] == pytest.approx(0.25)

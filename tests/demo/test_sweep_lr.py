@@ -57,13 +57,18 @@ def test_tiny_sweep_matches_its_cells(script, tmp_path, one_thread):
         tmp_path / "runs",
         lrs=(1e-5, 1e-3),
         head_lrs=(1e-3,),
+        schedules=("constant", "cosine"),
         seeds=(0, 1),
         jobs=1,
         json_path=path,
         log=lambda line: None,
     )
     assert json.loads(path.read_text()) == json.loads(json.dumps(result))
-    assert set(result["runs"]) == {"lr=1e-05,head_lr=0.001", "lr=0.001,head_lr=0.001"}
+    keys = [
+        f"lr={lr},head_lr=0.001,schedule={s}" for s in ("constant", "cosine") for lr in ("1e-05", "0.001")
+    ]
+    assert list(result["runs"]) == keys
+    assert "lr_schedule" not in result["task"]
     for key, entry in result["runs"].items():
         for strategy in ("full", "head"):
             cells = [
@@ -78,6 +83,14 @@ def test_tiny_sweep_matches_its_cells(script, tmp_path, one_thread):
             assert entry[strategy]["final"] == pytest.approx(
                 100 * np.mean([c["accuracy_all"][-1] for c in cells])
             )
-    # The head-only reference trains no encoder layer: the encoder lr cannot change it.
-    low, high = (result["runs"][k] for k in ("lr=1e-05,head_lr=0.001", "lr=0.001,head_lr=0.001"))
-    assert low["head"]["accuracy_all"] == high["head"]["accuracy_all"]
+    for schedule in ("constant", "cosine"):
+        # The head-only reference trains no encoder layer: the encoder lr cannot change it.
+        low, high = (
+            result["runs"][f"lr={lr},head_lr=0.001,schedule={schedule}"] for lr in ("1e-05", "0.001")
+        )
+        assert low["head"]["accuracy_all"] == high["head"]["accuracy_all"]
+    # The schedule reaches the runs: the same lr pair ends elsewhere once the rates decay.
+    constant, cosine = (
+        result["runs"][f"lr=0.001,head_lr=0.001,schedule={s}"] for s in ("constant", "cosine")
+    )
+    assert constant["full"]["accuracy_all"] != cosine["full"]["accuracy_all"]

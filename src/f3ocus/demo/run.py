@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,7 +48,7 @@ HEAD = "head"
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
-    """The federated task (defaults: the study's task, sized for a 2-core CPU).
+    r"""The federated task (defaults: the study's task, sized for a 2-core CPU).
 
     Attributes:
         rounds: Federated rounds per strategy after the warm start.
@@ -66,6 +67,11 @@ class TaskConfig:
         warmup_rounds: Head-only FedAvg rounds of the warm start.
         warmup_steps: Adam steps per client per warm-up round.
         warmup_lr: Learning rate of the warm-up.
+        lr_schedule: How the local learning rates change over the rounds of each phase (warm-up and
+            fine-tuning, each over its own rounds): ``"cosine"`` scales round $r$ of $R$ by
+            $\tfrac12(1 + \cos(\pi r / R))$ (1 in the first round, about $2.5/R^2$ in the last), so the
+            last rounds only settle the model; ``"constant"`` keeps them. Under label skew a constant step
+            keeps the averaged model swinging between the clients' majority answers from round to round.
         score_samples: Questions per client in the NTK scoring batch.
         kernel: NTK kernel of the scoring (``"output"``, ``"sum"`` or ``"loss"``).
         solver: Solver of the ``f3ocus`` strategy (see :func:`f3ocus.available_solvers`).
@@ -87,6 +93,7 @@ class TaskConfig:
     warmup_rounds: int = 4
     warmup_steps: int = 10
     warmup_lr: float = 1e-3
+    lr_schedule: str = "cosine"
     score_samples: int = 4
     kernel: str = "loss"
     solver: str = "nsga2"
@@ -112,10 +119,17 @@ class TaskConfig:
             check_positive_float("max_grad_norm", self.max_grad_norm)
         check_positive_float("warmup_lr", self.warmup_lr)
         check_choice("kernel", self.kernel, ["output", "sum", "loss"])
+        check_choice("lr_schedule", self.lr_schedule, ["cosine", "constant"])
         if self.budgets is not None and len(self.budgets) != self.clients:
             raise ValueError(
                 f"budgets has {len(self.budgets)} entries but clients={self.clients}; pass one budget per client."
             )
+
+    def lr_factor(self, r: int, rounds: int) -> float:
+        """The factor of the local learning rates in round ``r`` (0-based) of ``rounds`` (``lr_schedule``)."""
+        if self.lr_schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * r / rounds))
 
     def client_budgets(self, num_layers: int) -> list[int]:
         """The per-client budgets of encoder layers, checked against the number of selectable layers."""
@@ -156,7 +170,8 @@ def _warmup(model, data, layer_map, config: TaskConfig, seed: int) -> None:
         u, t = feats[k]
         y = data.clients[k].answers
         g = child_generator(seed, 10_000 + r, k)
-        opt = torch.optim.Adam([p for p in local.parameters() if p.requires_grad], lr=config.warmup_lr)
+        lr = config.warmup_lr * config.lr_factor(r, config.warmup_rounds)
+        opt = torch.optim.Adam([p for p in local.parameters() if p.requires_grad], lr=lr)
         for _ in range(config.warmup_steps):
             i = torch.randint(len(y), (config.batch_size,), generator=g).to(y.device)
             loss = torch.nn.functional.cross_entropy(local.head(u[i], t[i]), y[i])
@@ -240,7 +255,9 @@ def _run_strategy(strategy, model, data, layer_map, names, budgets, config, seed
         )
         pool_features.update(frozen_features(model, data, data.clients[0], skip=pool_features))
 
-        def train_fn(local, k, r=r):
+        factor = config.lr_factor(r, config.rounds)
+
+        def train_fn(local, k, r=r, factor=factor):
             g = child_generator(seed, r, k)
             n = local_train(
                 local,
@@ -248,10 +265,10 @@ def _run_strategy(strategy, model, data, layer_map, names, budgets, config, seed
                 data.clients[k],
                 steps=config.local_steps,
                 batch_size=config.batch_size,
-                lr=config.lr,
+                lr=config.lr * factor,
                 generator=g,
                 features=pool_features,
-                head_lr=config.head_lr,
+                head_lr=config.head_lr * factor,
                 max_grad_norm=config.max_grad_norm,
             )
             batches.update(g.get_state().numpy().tobytes())
