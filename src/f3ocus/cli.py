@@ -6,7 +6,7 @@ clients, F³OCUS against client-only NTK top-k (and whatever ``--strategies`` ad
 prints a table with the paired difference F³OCUS − top-k and its 95 % CI, and writes the cells, a
 summary, the table and plots to ``--out``.
 
-``f3ocus study`` runs the full study (:mod:`f3ocus.demo.study`): every strategy, 10 seeds, two
+``f3ocus study`` runs the full study (:mod:`f3ocus.demo.study`): every strategy, 30 seeds, two
 heterogeneity levels and the tradeoff sweep, resumable in ``--out``. ``python -m f3ocus ...`` does the same.
 """
 
@@ -25,7 +25,7 @@ __all__ = ["main", "build_parser"]
 DEMO_SEEDS = (0, 1, 2, 3)
 DEMO_STRATEGIES = ("f3ocus-exact", "topk")
 DEMO_TASK = {"rounds": 3}
-STUDY_SEEDS = tuple(range(10))
+STUDY_SEEDS = tuple(range(30))
 
 QUICK = {
     "rounds": 2,
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(**DEMO_TASK)
     study = sub.add_parser(
         "study",
-        help="the full study: every strategy, 10 seeds, alpha 0.5 and 1.0, tradeoff sweep (resumable)",
+        help="the full study: every strategy, 30 seeds, alpha 0.5 and 1.0, tradeoff sweep (resumable)",
         description=(
             "Strategies x seeds x heterogeneity levels on the demo task, paired by seed, in worker "
             "processes; every finished run is saved at once, so re-running the command resumes."

@@ -102,3 +102,14 @@ def test_verdicts():
 def test_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_table_states_the_learning_rate_schedule_of_the_task():
+    from f3ocus.demo.report import markdown_table
+
+    task = {"lr": 3e-5, "head_lr": 3e-4, "warmup_lr": 1e-3, "lr_schedule": "cosine", "rounds": 5}
+    line = markdown_table({}, task).strip().splitlines()[-1]
+    assert "lr 3e-05 (encoder) and 0.0003 (head), cosine learning-rate schedule (warm-up peak lr 0.001)" in line
+    # Tasks written before the schedule existed ran at constant rates.
+    old = {k: v for k, v in task.items() if k != "lr_schedule"}
+    assert "constant learning-rate schedule" in markdown_table({}, old)
