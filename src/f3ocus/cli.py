@@ -203,9 +203,16 @@ def demo_verdict(summary: dict) -> str:
             lines.append(
                 f"alpha={alpha}: {name} = {100 * d['mean']:+.1f} points, 95% CI "
                 f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] (paired t over {d['n']} seeds), Wilcoxon "
-                f"p = {d['p_wilcoxon']:.3f}: {d['verdict']}. {_in_words(d, label(a))}"
+                f"p {_p_words(d['p_wilcoxon'])}: {d['verdict']}. {_in_words(d, label(a))}"
             )
     return "\n".join(lines)
+
+
+def _p_words(p: float) -> str:
+    from f3ocus.demo.report import format_p
+
+    text = format_p(p)
+    return text if text.startswith("<") else f"= {text}"
 
 
 def _in_words(d: dict, name: str) -> str:

@@ -113,3 +113,13 @@ def test_table_states_the_learning_rate_schedule_of_the_task():
     # Tasks written before the schedule existed ran at constant rates.
     old = {k: v for k, v in task.items() if k != "lr_schedule"}
     assert "constant learning-rate schedule" in markdown_table({}, old)
+
+
+@pytest.mark.parametrize(
+    ("p", "text"), [(0.25, "0.250"), (0.0005, "0.001"), (0.000499, "< 0.001"), (1.9e-9, "< 0.001"), (1.0, "1.000")]
+)
+def test_p_values_below_a_thousandth_are_not_printed_as_zero(p, text):
+    from f3ocus.demo.report import format_p
+
+    assert format_p(p) == text
+    assert format_p(float("nan")) == "n/a"

@@ -136,6 +136,13 @@ def summarize(cells: dict[float, dict[int, dict[str, dict]]], level: float = 0.9
     return out
 
 
+def format_p(p: float) -> str:
+    """A p-value with three decimals, ``"< 0.001"`` below that (never a misleading ``0.000``)."""
+    if p != p:
+        return "n/a"
+    return "< 0.001" if p < 0.0005 else f"{p:.3f}"
+
+
 def _pct(ci: dict) -> str:
     if ci["n"] < 2:
         return f"{100 * ci['mean']:.1f}"
@@ -175,7 +182,7 @@ def markdown_table(summary: dict[str, Any], task: dict[str, Any] | None = None) 
                 ci = "n/a" if d["n"] < 2 else f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
                 lines.append(
                     f"| {label(p['a'])} − {label(p['b'])} | {d['n']} | {100 * d['mean']:+.1f} points, {ci} "
-                    f"| {d['p_wilcoxon']:.3f} | {d['wins']} / {d['losses']} / {d['ties']} | {d['verdict']} |"
+                    f"| {format_p(d['p_wilcoxon'])} | {d['wins']} / {d['losses']} / {d['ties']} | {d['verdict']} |"
                 )
         lines.append("")
     if task:
