@@ -55,9 +55,14 @@ PAIRS = (
     ("topk", "head"),
     ("exact-x3", "topk"),
     ("exact-x10", "topk"),
+    ("exact-x3", "f3ocus-exact"),
+    ("exact-x10", "f3ocus-exact"),
+    ("exact-x10", "random"),
     ("f3ocus-grad_norm", "topk-grad_norm"),
     ("f3ocus-fisher", "topk-fisher"),
     ("f3ocus-snip", "topk-snip"),
+    ("f3ocus-fisher", "f3ocus"),
+    ("topk-fisher", "topk"),
 )
 
 _TAIL = 3
