@@ -123,3 +123,16 @@ def test_p_values_below_a_thousandth_are_not_printed_as_zero(p, text):
 
     assert format_p(p) == text
     assert format_p(float("nan")) == "n/a"
+
+
+def test_every_strategy_keeps_one_distinct_colour_across_the_panels():
+    pytest.importorskip("matplotlib")
+    from f3ocus.demo.report import strategy_colors
+
+    many = {f"s{i}": {} for i in range(12)}
+    summary = {"0.5": {"strategies": many}, "1": {"strategies": {"s3": {}, "s0": {}}}}
+    colors = strategy_colors(summary)
+    assert list(colors) == list(many)  # first-seen order, each strategy once
+    assert len(set(colors.values())) == 12  # tab20 beyond ten strategies: no colour reused
+    few = strategy_colors({"0.5": {"strategies": {"a": {}, "b": {}}}, "1": {"strategies": {"b": {}, "c": {}}}})
+    assert few["b"] != few["a"] != few["c"] and len(few) == 3

@@ -215,9 +215,19 @@ def _plt():
     return plt
 
 
+def strategy_colors(summary: dict[str, Any]) -> dict[str, Any]:
+    """One distinct colour per strategy, the same in every panel (tab10, tab20 beyond 10 strategies)."""
+    import matplotlib
+
+    names = list(dict.fromkeys(s for block in summary.values() for s in block["strategies"]))
+    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {s: cmap(i % cmap.N) for i, s in enumerate(names)}
+
+
 def plot_accuracy(summary: dict[str, Any], path: str | Path) -> None:
     """Mean test accuracy after every round with its 95 % CI band, one panel per $\\alpha$."""
     plt = _plt()
+    colors = strategy_colors(summary)
     fig, axes = plt.subplots(1, len(summary), figsize=(6.0 * len(summary), 4.2), squeeze=False)
     for ax, (alpha, block) in zip(axes[0], summary.items(), strict=True):
         for s, e in block["strategies"].items():
@@ -225,16 +235,16 @@ def plot_accuracy(summary: dict[str, Any], path: str | Path) -> None:
             low = 100 * np.array([c["low"] for c in e["curve"]])
             high = 100 * np.array([c["high"] for c in e["curve"]])
             x = np.arange(mean.size)
-            ax.plot(x, mean, marker="o", ms=3, label=f"{label(s)} (n={len(e['seeds'])})")
+            ax.plot(x, mean, marker="o", ms=3, color=colors[s], label=f"{label(s)} (n={len(e['seeds'])})")
             if len(e["seeds"]) > 1:
-                ax.fill_between(x, low, high, alpha=0.15)
+                ax.fill_between(x, low, high, color=colors[s], alpha=0.12)
         ax.set_xlabel("round (0 = shared warm start)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"Dirichlet α = {alpha}: mean and 95 % CI over seeds", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -257,7 +267,7 @@ def plot_forest(summary: dict[str, Any], path: str | Path) -> None:
     ax.set_xlabel("difference of final test accuracy (points), 95 % CI (paired t)")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -304,7 +314,7 @@ def plot_tradeoff(summary: dict[str, Any], path: str | Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True
 
