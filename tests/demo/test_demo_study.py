@@ -54,6 +54,7 @@ def test_every_cell_is_written_and_paired(study):
         for key in ("data_digest", "warmstart_digest", "batch_digest", "client_sizes"):
             assert all(r[key] == recs[0][key] for r in recs), key
         assert all(r["accuracy_all"][0] == recs[0]["accuracy_all"][0] for r in recs)  # same warm start
+        assert {r["cpu_capability"] for r in recs} == {__import__("torch").backends.cpu.get_cpu_capability()}
     # different seeds are different replicates
     assert cells[0.5][0]["topk"]["data_digest"] != cells[0.5][1]["topk"]["data_digest"]
 
@@ -177,3 +178,42 @@ def test_learning_rates_follow_the_schedule_in_both_phases(schedule, monkeypatch
     assert warm[: 2 * config.clients] == pytest.approx(expected_warm)
     if schedule == "cosine":
         assert f[0] == 1.0 and f[1] == pytest.approx(0.75) and f[2] == pytest.approx(0.25)
+
+
+def _cell(data="d", warm="w", batch="b", start=0.5):
+    return {
+        "data_digest": data,
+        "warmstart_digest": warm,
+        "batch_digest": batch,
+        "accuracy_all": [start, 0.7],
+        "accuracy_yes/no": [start, 0.8],
+        "accuracy_other": [start, 0.6],
+    }
+
+
+def test_warm_starts_that_differ_only_in_rounding_are_paired_but_listed():
+    from f3ocus.demo.study import rounding_differences
+
+    paired = {0.5: {0: {"a": _cell(), "b": _cell()}}}
+    assert check_pairing(paired) == [] and rounding_differences(paired) == []
+    # other weight bits, same split, minibatches and start accuracy: another machine's rounding
+    rounding = {0.5: {3: {"a": _cell(), "b": _cell(warm="w2"), "c": _cell(warm="w2")}}}
+    assert check_pairing(rounding) == []
+    (line,) = rounding_differences(rounding)
+    assert "alpha=0.5 seed=3" in line and "floating-point rounding" in line and "['b', 'c']" in line
+    # another start accuracy means another warm start: a pairing problem, not rounding
+    other = {0.5: {3: {"a": _cell(), "b": _cell(warm="w2", start=0.51)}}}
+    assert rounding_differences(other) == []
+    assert check_pairing(other) == ["alpha=0.5 seed=3: warmstart_digest differs: {'a': 'w', 'b': 'w2'}"]
+    # another split is always a problem, whatever the warm start
+    split = {0.5: {1: {"a": _cell(), "b": _cell(data="d2", warm="w2")}}}
+    assert len(check_pairing(split)) == 2 and rounding_differences(split) == []
+
+
+def test_the_table_states_how_the_runs_are_paired():
+    from f3ocus.demo.report import _pairing_line
+
+    assert "bit for bit" in _pairing_line([], [])
+    assert "in 2 seed groups" in _pairing_line([], ["x", "y"])
+    two = ["alpha=0.5 seed=1: data_digest differs", "alpha=0.5 seed=1: batch_digest differs", "alpha=1 seed=2: x"]
+    assert _pairing_line(two, ["z"]).startswith("\nPairing problems in alpha=0.5 seed=1, alpha=1 seed=2 (see")

@@ -319,6 +319,20 @@ def plot_tradeoff(summary: dict[str, Any], path: str | Path) -> bool:
     return True
 
 
+def _pairing_line(problems: list[str], rounding: list[str]) -> str:
+    if problems:
+        where = ", ".join(dict.fromkeys(p.split(":", 1)[0] for p in problems))
+        return f"\nPairing problems in {where} (see `pairing_problems` in summary.json).\n"
+    if rounding:
+        return (
+            f"\nPairing: every seed's runs share the split and the minibatches; in {len(rounding)} seed groups "
+            "some warm starts are equal to the others only up to floating-point rounding (the same start "
+            "accuracy, other weight bits: runs made on a CPU with other kernels; see "
+            "`pairing_rounding_differences` in summary.json).\n"
+        )
+    return "\nPairing: every seed's runs share the split, the warm start and the minibatches, bit for bit.\n"
+
+
 def _machine(cells: dict[str, Any]) -> dict[str, Any]:
     import os
     import platform
@@ -328,6 +342,7 @@ def _machine(cells: dict[str, Any]) -> dict[str, Any]:
     recs = [rec for seeds in cells["cells"].values() for per in seeds.values() for rec in per.values()]
     return {
         "device": sorted({rec.get("device", "cpu") for rec in recs}),
+        "cpu_capability": sorted({rec.get("cpu_capability", "not recorded") for rec in recs}),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "torch": torch.__version__,
@@ -345,25 +360,27 @@ def write_report(cells: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     Returns:
         File kind -> path.
     """
-    from f3ocus.demo.study import check_pairing
+    from f3ocus.demo.study import check_pairing, rounding_differences
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(cells["cells"])
     paths = {"summary": out / "summary.json", "table": out / "table.md", "accuracy": out / "accuracy.png"}
     problems = check_pairing(cells["cells"])
+    rounding = rounding_differences(cells["cells"])
     paths["summary"].write_text(
         json.dumps(
             {
                 "task": cells["task"],
                 "machine": _machine(cells),
                 "pairing_problems": problems,
+                "pairing_rounding_differences": rounding,
                 "summary": summary,
             },
             indent=1,
         )
     )
-    paths["table"].write_text(markdown_table(summary, cells["task"]))
+    paths["table"].write_text(markdown_table(summary, cells["task"]) + _pairing_line(problems, rounding))
     plot_accuracy(summary, paths["accuracy"])
     if any(block["pairs"] for block in summary.values()):
         paths["forest"] = out / "forest.png"

@@ -233,6 +233,9 @@ def _run_strategy(strategy, model, data, layer_map, names, budgets, config, seed
     record.update({"plans": [], "scores": [], "plan_stats": [], "params_up": [], "bytes_up": []})
     record.update({"bytes_down": [], "data_digest": start["data_digest"]})
     record["warmstart_digest"] = start["warmstart_digest"]
+    # Bitwise results depend on the CPU's kernels (AVX2 vs AVX-512 reduction orders): say where it ran.
+    record["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    record["torch_version"] = torch.__version__
     batches = hashlib.sha256()
     began = time.perf_counter()
     test_features: dict[str, torch.Tensor] = {}

@@ -31,7 +31,7 @@ from f3ocus._checks import check_int, check_positive_float
 from f3ocus.demo.run import TaskConfig
 from f3ocus.demo.strategies import check_strategy
 
-__all__ = ["Block", "StudyConfig", "cell_path", "check_pairing", "load_cells", "run_study"]
+__all__ = ["Block", "StudyConfig", "cell_path", "check_pairing", "load_cells", "rounding_differences", "run_study"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,17 +241,52 @@ def load_cells(out: str | Path, config: StudyConfig | None = None) -> dict[str, 
     return {"task": stored, "cells": cells}
 
 
-def check_pairing(cells: dict[float, dict[int, dict[str, dict]]]) -> list[str]:
-    """Problems with the pairing: cells of one ``(alpha, seed)`` whose split, warm start or minibatch
-    draws differ (their digests). An empty list means every comparison is paired."""
-    problems = []
+def _same_start_accuracy(strategies: dict[str, dict]) -> bool:
+    views = [k for k in ("accuracy_all", "accuracy_yes/no", "accuracy_other") if k in next(iter(strategies.values()))]
+    return all(len({rec.get(k, [None])[0] for rec in strategies.values()}) == 1 for k in views)
+
+
+def _pairing(cells: dict[float, dict[int, dict[str, dict]]]) -> tuple[list[str], list[str]]:
+    problems, rounding = [], []
     for alpha, seeds in cells.items():
         for seed, strategies in seeds.items():
+            differs = {}
             for key in ("data_digest", "warmstart_digest", "batch_digest"):
                 values = {s: rec.get(key) for s, rec in strategies.items()}
                 if len(set(values.values())) > 1:
-                    problems.append(f"alpha={alpha:g} seed={seed}: {key} differs: {values}")
-    return problems
+                    differs[key] = values
+            if set(differs) == {"warmstart_digest"} and _same_start_accuracy(strategies):
+                groups: dict[str, list[str]] = {}
+                for s, digest in differs["warmstart_digest"].items():
+                    groups.setdefault(digest, []).append(s)
+                rounding.append(
+                    f"alpha={alpha:g} seed={seed}: warm starts equal up to floating-point rounding "
+                    f"(same split and minibatches, same start accuracy, different weight bits): "
+                    f"{sorted(groups.values())}"
+                )
+                continue
+            problems += [f"alpha={alpha:g} seed={seed}: {key} differs: {values}" for key, values in differs.items()]
+    return problems, rounding
+
+
+def check_pairing(cells: dict[float, dict[int, dict[str, dict]]]) -> list[str]:
+    """Problems with the pairing: cells of one ``(alpha, seed)`` whose split, warm start or minibatch
+    draws differ (their digests). An empty list means every comparison is paired.
+
+    A warm start whose weight bits differ while the split and minibatch digests agree and the start
+    accuracies (overall, yes/no, other) are identical is not a problem but a difference of floating-point
+    rounding, e.g. runs made on CPUs with different kernels (AVX2 against AVX-512); those are listed by
+    :func:`rounding_differences`.
+    """
+    return _pairing(cells)[0]
+
+
+def rounding_differences(cells: dict[float, dict[int, dict[str, dict]]]) -> list[str]:
+    """The ``(alpha, seed)`` groups whose warm starts agree up to floating-point rounding only (see
+    :func:`check_pairing`), with the strategies grouped by their warm start's bits. Such runs are paired
+    in the split, the warm start's predictions and the minibatches, not bitwise: on another machine a run's
+    later rounds can differ by a few tenths of a point."""
+    return _pairing(cells)[1]
 
 
 def default_blocks() -> tuple[Block, ...]:
