@@ -217,3 +217,21 @@ def test_the_table_states_how_the_runs_are_paired():
     assert "in 2 seed groups" in _pairing_line([], ["x", "y"])
     two = ["alpha=0.5 seed=1: data_digest differs", "alpha=0.5 seed=1: batch_digest differs", "alpha=1 seed=2: x"]
     assert _pairing_line(two, ["z"]).startswith("\nPairing problems in alpha=0.5 seed=1, alpha=1 seed=2 (see")
+
+
+def test_the_default_study_covers_every_strategy_family_once_per_alpha():
+    from f3ocus.demo.strategies import BASELINE_SCORES
+    from f3ocus.demo.study import default_blocks
+
+    blocks = default_blocks()
+    by_alpha: dict[float, list[str]] = {}
+    for b in blocks:
+        by_alpha.setdefault(b.alpha, []).extend(b.strategies)
+    assert sorted(by_alpha) == [0.5, 1.0]
+    main = by_alpha[0.5]
+    assert len(main) == len(set(main))  # no strategy runs twice at one alpha
+    for s in ("f3ocus", "f3ocus-exact", "topk", "random", "lastk", "full", "head", "exact-x3", "exact-x10"):
+        assert s in main
+    for score in BASELINE_SCORES:  # the score rows: top-k and F³OCUS on every baseline score
+        assert f"topk-{score}" in main and f"f3ocus-{score}" in main
+    assert blocks[0].strategies[:2] == ("f3ocus", "topk")  # the headline comparison runs first
