@@ -236,7 +236,7 @@ def run_study_command(args: argparse.Namespace) -> int:
     except (MissingExtraError, ValueError, TypeError) as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         return 2
-    from f3ocus.demo.report import markdown_table, summarize, write_report
+    from f3ocus.demo.report import summarize, write_report
     from f3ocus.demo.study import load_cells, run_study
 
     try:
@@ -252,7 +252,7 @@ def run_study_command(args: argparse.Namespace) -> int:
         return 2
     paths = write_report(result, args.out)
     summary = summarize(result["cells"])
-    print(markdown_table(summary, result["task"]))
+    print(paths["table"].read_text())  # the table as written, with its pairing line
     verdict = demo_verdict(summary)
     if verdict:
         print(verdict)
