@@ -61,8 +61,12 @@ PAIRS = (
     ("f3ocus-grad_norm", "topk-grad_norm"),
     ("f3ocus-fisher", "topk-fisher"),
     ("f3ocus-snip", "topk-snip"),
+    ("f3ocus-grad_norm", "f3ocus"),
+    ("topk-grad_norm", "topk"),
     ("f3ocus-fisher", "f3ocus"),
     ("topk-fisher", "topk"),
+    ("f3ocus-snip", "f3ocus"),
+    ("topk-snip", "topk"),
 )
 
 _TAIL = 3
