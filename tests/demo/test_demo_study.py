@@ -5,6 +5,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +240,47 @@ def test_the_default_study_covers_every_strategy_family_once_per_alpha():
     for score in BASELINE_SCORES:  # the score rows: top-k and F³OCUS on every baseline score
         assert f"topk-{score}" in main and f"f3ocus-{score}" in main
     assert blocks[0].strategies[:2] == ("f3ocus", "topk")  # the headline comparison runs first
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # an exited process that nobody has reaped yet is a zombie: it holds no core
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="re-parenting of orphans is POSIX behaviour")
+def test_a_worker_ends_when_its_study_process_is_killed(tmp_path):
+    # parent: starts a spawned worker that watches it, writes the worker's pid, then dies without cleanup
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, os, sys, time\n"
+        "from f3ocus.demo.study import _exit_with_parent\n"
+        "def work(ready):\n"
+        "    _exit_with_parent(interval=0.05)\n"
+        "    open(ready, 'w').close()\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    ready = sys.argv[1] + '.ready'\n"
+        "    p = multiprocessing.get_context('spawn').Process(target=work, args=(ready,))\n"
+        "    p.start()\n"
+        "    open(sys.argv[1], 'w').write(str(p.pid))\n"
+        "    deadline = time.monotonic() + 50\n"
+        "    while not os.path.exists(ready) and time.monotonic() < deadline:\n"
+        "        time.sleep(0.05)\n"
+        "    os._exit(0)\n"
+    )
+    pid_file = tmp_path / "pid"
+    subprocess.run([sys.executable, str(script), str(pid_file)], check=True, timeout=60)
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    pytest.fail("the orphaned worker was still running 20 s after its parent died")

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,30 @@ def _check_study_file(out: Path, task: TaskConfig) -> None:
 _LOADED: dict[str, Any] = {}
 
 
-def _init_worker(threads: int | None, device: str, image_size: int) -> None:
+def _exit_with_parent(interval: float = 1.0) -> threading.Thread:
+    """Start a daemon thread that ends this (worker) process once its parent is gone.
+
+    A worker of a killed study (``kill <pid>`` reaches the parent only) would otherwise run its task to the
+    end and hold the cores. When the parent dies the worker is re-parented, so ``os.getppid()`` changes.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    thread = threading.Thread(target=watch, name="f3ocus-exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def _init_worker(threads: int | None, device: str, image_size: int, worker: bool = False) -> None:
     import torch
+
+    if worker:
+        _exit_with_parent()
 
     from f3ocus.demo.run import load_model
 
@@ -201,7 +224,7 @@ def run_study(
                 min(jobs, len(todo)),
                 mp_context=context,
                 initializer=_init_worker,
-                initargs=(threads, task.device, task.image_size),
+                initargs=(threads, task.device, task.image_size, True),
             ) as pool:
                 futures = [
                     pool.submit(_run_task, task, str(out), a, s, st, progress, 1 + i % jobs)
