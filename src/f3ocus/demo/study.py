@@ -271,8 +271,8 @@ def _same_start_accuracy(strategies: dict[str, dict]) -> bool:
 
 def _pairing(cells: dict[float, dict[int, dict[str, dict]]]) -> tuple[list[str], list[str]]:
     problems, rounding = [], []
-    for alpha, seeds in cells.items():
-        for seed, strategies in seeds.items():
+    for alpha, seeds in sorted(cells.items()):
+        for seed, strategies in sorted(seeds.items()):
             differs = {}
             for key in ("data_digest", "warmstart_digest", "batch_digest"):
                 values = {s: rec.get(key) for s, rec in strategies.items()}
