@@ -14,7 +14,7 @@ from f3ocus.selection.exact import solve_exact
 from f3ocus.selection.gains import add_gains, remove_losses
 from f3ocus.selection.plans import fill, random_plan, repair, topk_plan
 from f3ocus.selection.problem import SelectionProblem
-from f3ocus.selection.reference import brute_force_optimum, enumerate_plans
+from f3ocus.selection.reference import MAX_PLANS, brute_force_optimum, count_plans, enumerate_plans
 from f3ocus.selection.solvers._moves import _best_single_moves, draw_out_slots, move_gains, pair_exchanges
 
 KINDS = ["costs", "required", "allowed", "coverage", "churn", "agree", "at_most", "limit"]
@@ -27,6 +27,7 @@ def constrained(draw, max_k: int = 3, max_l: int = 4):
     seed = draw(st.integers(0, 2**32 - 1))
     K, L = draw(st.integers(1, max_k)), draw(st.integers(1, max_l))  # noqa: N806
     sel = constrained_problem(K, L, seed, kinds)
+    assume(count_plans(sel) <= MAX_PLANS)  # brute force is for tiny instances only
     assume(len(enumerate_plans(sel)) > 0)
     return sel
 

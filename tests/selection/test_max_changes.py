@@ -13,7 +13,7 @@ from f3ocus.selection import mip as mip_module
 from f3ocus.selection.exact import solve_exact
 from f3ocus.selection.plans import fill, random_plan, repair
 from f3ocus.selection.problem import SelectionProblem
-from f3ocus.selection.reference import brute_force_optimum, enumerate_plans
+from f3ocus.selection.reference import MAX_PLANS, brute_force_optimum, count_plans, enumerate_plans
 
 EXTRA = ["required", "allowed", "coverage", "churn", "costs"]
 
@@ -30,6 +30,7 @@ def limited(draw, at_most: bool | None = None):
         kinds.discard("costs")
     sel = constrained_problem(draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(0, 2**32 - 1)),
                               kinds)
+    assume(count_plans(sel) <= MAX_PLANS)  # brute force is for tiny instances only
     assume(len(enumerate_plans(sel)) > 0)
     return sel
 
